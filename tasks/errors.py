@@ -1,0 +1,22 @@
+"""Errors for mistakes a user can fix.
+
+Everything in the project that refuses a user's input raises a ``ContinualError`` subclass, so the
+CLI can catch that one type at its boundary and print the message as one red line (exit code 1)
+instead of a traceback. A traceback is kept for real bugs, which raise anything else.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ContinualError", "TaskError"]
+
+
+class ContinualError(Exception):
+    """A user's mistake or a refused operation.
+
+    ``str(err)`` is ONE line naming the bad value and the fix. The CLI prints it in red and exits 1
+    without a traceback.
+    """
+
+
+class TaskError(ContinualError):
+    """A task definition or its data is unusable (bad name, missing file, bad row, ...)."""
