@@ -1,0 +1,5 @@
+"""The adapter registry: tasks, adapter versions and aliases in MLflow; loading adapters by name."""
+from registry.predictor import Prediction, Predictor
+from registry.registry import AdapterRegistry, AdapterVersion, RegistryError
+
+__all__ = ["AdapterRegistry", "AdapterVersion", "Prediction", "Predictor", "RegistryError"]

@@ -1,0 +1,291 @@
+"""The `continual` command line: thin typer commands over library functions, no logic of its own."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.errors import ContinualError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Continual and multi-task fine-tuning with a versioned adapter registry.")
+tasks_app = typer.Typer(no_args_is_help=True, help="Register and inspect tasks.")
+adapters_app = typer.Typer(no_args_is_help=True, help="Adapter versions and aliases.")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(adapters_app, name="adapters")
+
+console = Console()
+err_console = Console(stderr=True)
+
+Store = Annotated[Optional[str], typer.Option(
+    "--store", envvar="CONTINUAL_STORE", show_envvar=True,
+    help="Store folder, sqlite:///file.db or http(s):// MLflow server (default ./continual-store).")]
+
+
+def user_errors(fn):
+    """Print a user's mistake as one red line and exit 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ContinualError as err:
+            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[red]interrupted[/red]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _quiet() -> None:
+    """Keep library chatter (Lightning tips, HF progress bars) out of the user's terminal."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _registry(store: str | None):
+    from registry import AdapterRegistry
+
+    return AdapterRegistry(store)
+
+
+# -- tasks --------------------------------------------------------------------------------------------
+@tasks_app.command("register")
+@user_errors
+def tasks_register(
+    name: Annotated[str, typer.Argument(help="Task name (letters, digits, '-', '_').")],
+    train: Annotated[Path, typer.Option("--train", help="Training split (JSONL, CSV, Parquet or datasets folder).")],
+    dev: Annotated[Optional[Path], typer.Option("--dev", help="Dev split (early stopping).")] = None,
+    test: Annotated[Optional[Path], typer.Option("--test", help="Test split (final accuracy).")] = None,
+    text_field: Annotated[list[str], typer.Option("--text-field", help="Text field; repeat for pairs.")] = ["text"],
+    label_field: Annotated[str, typer.Option("--label-field", help="Label field.")] = "label",
+    kind: Annotated[str, typer.Option("--kind", help="classification or generation.")] = "classification",
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label set (default: from train).")] = None,
+    description: Annotated[str, typer.Option("--description", help="What the task is.")] = "",
+    store: Store = None,
+):
+    """Check a task's data and register it."""
+    from tasks.loaders import build_spec
+
+    spec = build_spec(name, str(train), str(dev) if dev else None, str(test) if test else None, kind=kind,
+                      text_fields=tuple(text_field), label_field=label_field,
+                      labels=[l.strip() for l in labels.split(",")] if labels else None, description=description)
+    _registry(store).register_task(spec)
+    console.print(f"registered task [bold]{spec.name}[/bold]: {len(spec.labels)} labels "
+                  f"({', '.join(spec.labels[:8])}{', …' if len(spec.labels) > 8 else ''}), "
+                  f"data fingerprint {spec.fingerprint[:12]}")
+
+
+@tasks_app.command("list")
+@user_errors
+def tasks_list(store: Store = None):
+    """List registered tasks."""
+    reg = _registry(store)
+    table = Table("task", "kind", "labels", "versions", "train file")
+    for spec in reg.tasks():
+        table.add_row(spec.name, spec.kind, str(len(spec.labels)), str(len(reg.versions(spec.name))), spec.train)
+    console.print(table)
+
+
+@tasks_app.command("show")
+@user_errors
+def tasks_show(name: str, store: Store = None):
+    """Show a task's spec and its adapter versions."""
+    reg = _registry(store)
+    spec = reg.task(name)
+    console.print_json(json.dumps(spec.to_dict()))
+    _print_versions(reg, name)
+
+
+# -- training -----------------------------------------------------------------------------------------
+@app.command("train")
+@user_errors
+def train(
+    name: Annotated[str, typer.Argument(help="Registered task to train.")],
+    method: Annotated[str, typer.Option("--method", help="Adapter kind, e.g. lora.")] = "lora",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of TrainConfig settings.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = [],
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Hugging Face id or local path.")] = None,
+    store: Store = None,
+):
+    """Train the task's adapter and register it as a new version."""
+    _quiet()
+    from continual.config import TrainConfig
+    from continual.train import train_task
+    from registry.kinds import get_kind
+
+    kind = get_kind(method)
+    cfg = TrainConfig.load(config, set_, kind_fields=_kind_fields(kind))
+    reg = _registry(store)
+    result = train_task(reg, name, cfg, method=method, base_model=base_model, show_progress=sys.stdout.isatty())
+    _print_result(result)
+
+
+def _kind_fields(kind) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(kind.config_cls)}
+
+
+def _print_result(result) -> None:
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    console.print(f"[green]{result.version.ref}[/green] registered: test accuracy {pct(result.test_accuracy)}, "
+                  f"dev {pct(result.dev_accuracy)}, {result.steps} steps in {result.seconds:.1f}s "
+                  f"(run {result.run_id[:8]})")
+
+
+# -- adapters -------------------------------------------------------------------------------------------
+@adapters_app.command("list")
+@user_errors
+def adapters_list(store: Store = None):
+    """Newest adapter version of every task."""
+    reg = _registry(store)
+    table = Table("task", "newest", "kind", "aliases", "test acc")
+    for spec in reg.tasks():
+        versions = reg.versions(spec.name)
+        if versions:
+            v = versions[-1]
+            aliases = ", ".join(f"{a}→{x.version}" for x in versions for a in x.aliases)
+            acc = v.metrics.get("test_accuracy")
+            table.add_row(spec.name, str(v.version), v.kind, aliases, "—" if acc is None else f"{100 * acc:.1f}%")
+    console.print(table)
+
+
+def _print_versions(reg, name: str) -> None:
+    table = Table("version", "kind", "aliases", "test acc", "dev acc", "run")
+    for v in reg.versions(name):
+        m = v.metrics
+        table.add_row(str(v.version), v.kind, ", ".join(v.aliases),
+                      *(f"{100 * m[k]:.1f}%" if k in m else "—" for k in ("test_accuracy", "dev_accuracy")),
+                      v.run_id[:8])
+    console.print(table)
+
+
+@adapters_app.command("versions")
+@user_errors
+def adapters_versions(name: str, store: Store = None):
+    """Every adapter version of a task."""
+    _print_versions(_registry(store), name)
+
+
+@adapters_app.command("alias")
+@user_errors
+def adapters_alias(
+    name: str,
+    alias: str,
+    version: Annotated[Optional[int], typer.Argument(help="Version to point the alias at.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the alias instead.")] = False,
+    store: Store = None,
+):
+    """Set or move an alias (NAME ALIAS VERSION), or delete it (--delete)."""
+    reg = _registry(store)
+    if delete:
+        reg.delete_alias(name, alias)
+        console.print(f"deleted alias {name}@{alias}")
+        return
+    if version is None:
+        raise ContinualError(f"give the version for {name}@{alias}: `continual adapters alias {name} {alias} N`")
+    v = reg.set_alias(name, alias, version)
+    console.print(f"{name}@{alias} → version {v.version}")
+
+
+# -- inference -----------------------------------------------------------------------------------------
+@app.command("predict")
+@user_errors
+def predict(
+    task: Annotated[str, typer.Argument(help="TASK, TASK@ALIAS or TASK:VERSION.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify.")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", help="File with one text per line.")] = None,
+    store: Store = None,
+):
+    """Predict labels with a task's adapter."""
+    _quiet()
+    items = list(texts or [])
+    if input is not None:
+        if not input.exists():
+            raise ContinualError(f"input file '{input}' does not exist; check the --input path")
+        items += [line for line in input.read_text().splitlines() if line.strip()]
+    if not items:
+        raise ContinualError("no text to predict; give TEXT arguments or --input FILE")
+    predictor = _registry(store).load(task)
+    table = Table("text", "label", "score", title=f"{predictor.task}:{predictor.version}")
+    for text, p in zip(items, predictor.predict(items)):
+        table.add_row(text if len(text) < 80 else text[:77] + "…", p.label, f"{p.score:.3f}")
+    console.print(table)
+
+
+# -- the main job and the UI --------------------------------------------------------------------------------
+@app.command("demo")
+@user_errors
+def demo(store: Store = None):
+    """Register three built-in tasks, train an adapter for each, load them by name and predict."""
+    _quiet()
+    from continual.demo import run_demo
+
+    reg = _registry(store)
+    console.print(f"[bold]continual demo[/bold] — store: {reg.tracking_uri}")
+    result = run_demo(reg, show_progress=sys.stdout.isatty(),
+                      on_task=lambda spec: console.print(f"\ntraining [bold]{spec.name}[/bold] "
+                                                         f"({len(spec.labels)} labels: {', '.join(spec.labels)})"))
+    table = Table("task", "version", "test accuracy", "train seconds", title="demo results")
+    for r in result.results:
+        table.add_row(r.task, str(r.version.version), f"{100 * r.test_accuracy:.1f}%", f"{r.seconds:.1f}")
+    console.print(table)
+    first = result.results[0]
+    predictor = reg.load(first.task)
+    sample = "The striker scored twice as the home team won the cup final"
+    console.print(f'AdapterRegistry().load("{first.task}").predict(["{sample}"]) → {predictor.predict([sample])[0]}')
+    store_arg = f" --store {store}" if store else ""
+    console.print(f"\nLook at the runs and registered adapters in MLflow: [bold]continual ui{store_arg}[/bold] "
+                  f"then open http://127.0.0.1:5000 (Experiments → continual; Models → one model per task).")
+
+
+@app.command("ui")
+@user_errors
+def ui(
+    port: Annotated[int, typer.Option("--port", help="Port for the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    store: Store = None,
+):
+    """Start the MLflow UI on the store."""
+    import subprocess
+
+    reg = _registry(store)
+    if reg.tracking_uri.startswith("http"):
+        raise ContinualError(f"the store is the MLflow server {reg.tracking_uri}; open it in a browser instead")
+    reg.store.experiment_id  # creates the database if it does not exist yet
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", reg.tracking_uri,
+           "--default-artifact-root", Path(reg.store.artifact_root).as_uri(), "--host", host, "--port", str(port)]
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""`TrainConfig`: every training setting, loadable from YAML and overridable with `--set key=value`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import ContinualError
+
+
+class ConfigError(ContinualError):
+    pass
+
+
+OPTIMIZERS = ("adamw", "lion", "sgd")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("32", "bf16", "16")
+
+
+@dataclass
+class TrainConfig:
+    # optimisation
+    learning_rate: float = 1e-3  # peak LR for adapter and head (adapters like higher LRs than full FT)
+    batch_size: int = 16  # examples per optimizer micro-batch
+    max_epochs: int = 1  # passes over the training split
+    max_steps: int = -1  # stop after this many optimizer steps (-1: no limit)
+    weight_decay: float = 0.01  # decoupled weight decay (AdamW/Lion)
+    optimizer: str = "adamw"  # adamw | lion | sgd
+    warmup_steps: int = -1  # linear warm-up steps (-1: 6% of the total steps)
+    lr_schedule: str = "linear"  # constant | linear | cosine decay after warm-up
+    grad_clip_norm: float = 1.0  # clip the global grad norm to this (0: off)
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step
+    precision: str = "32"  # 32 | bf16 (bf16 autocast, fast on CPUs with AMX) | 16 (GPU only)
+    early_stopping_patience: int = 0  # stop after this many dev evaluations without improvement (0: off)
+    eval_every_n_steps: int = 0  # evaluate dev every N steps as well as each epoch (0: per epoch only)
+    seed: int = 0  # seeds torch, numpy, python and data order
+    max_length: int = 128  # tokens per input (longer inputs are truncated)
+    eval_batch_size: int = 64  # batch size for dev/test evaluation
+    train_limit: int = 0  # use at most this many training examples (0: all), the same ones each run
+    # LoRA (peft names)
+    r: int = 8  # LoRA rank
+    lora_alpha: int = 16  # LoRA scaling numerator (scale = lora_alpha / r)
+    lora_dropout: float = 0.1  # dropout on the LoRA branch
+    target_modules: list[str] | None = None  # modules to adapt (None: peft's default for the model type)
+    # settings of other adapter kinds (bottleneck size, share group, ...), by the kind's own names
+    kind_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.learning_rate > 0, "learning_rate", "a positive number, e.g. --set learning_rate=1e-3"),
+            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+            (self.max_epochs >= 1, "max_epochs", "an integer >= 1"),
+            (self.max_steps == -1 or self.max_steps >= 1, "max_steps", "-1 (no limit) or an integer >= 1"),
+            (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
+            (self.warmup_steps >= -1, "warmup_steps", "-1 (6% of steps) or an integer >= 0"),
+            (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
+            (self.grad_clip_norm >= 0, "grad_clip_norm", "a number >= 0 (0 turns clipping off)"),
+            (self.accumulate_grad_batches >= 1, "accumulate_grad_batches", "an integer >= 1"),
+            (str(self.precision) in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience", "an integer >= 0 (0: off)"),
+            (self.eval_every_n_steps >= 0, "eval_every_n_steps", "an integer >= 0"),
+            (self.max_length >= 8, "max_length", "an integer >= 8"),
+            (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
+            (self.train_limit >= 0, "train_limit", "an integer >= 0 (0: all)"),
+            (self.r >= 1, "r", "an integer >= 1"),
+            (self.lora_alpha > 0, "lora_alpha", "a positive number"),
+            (0 <= self.lora_dropout < 1, "lora_dropout", "a number in [0, 1)"),
+        ]
+        for ok, key, valid in checks:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: must be {valid} (--set {key}=...)")
+        self.precision = str(self.precision)
+        if isinstance(self.target_modules, str):
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], kind_fields: set[str] = frozenset()) -> "TrainConfig":
+        """Known keys become fields; keys of the chosen adapter kind go to `kind_options`."""
+        known, options = {}, dict(data.get("kind_options") or {})
+        for key, value in data.items():
+            if key == "kind_options":
+                continue
+            if key in cls.field_names():
+                known[key] = _coerce(key, value, _field_type(key))
+            elif key in kind_fields:
+                options[key] = value
+            else:
+                valid = sorted((cls.field_names() - {"kind_options"}) | set(kind_fields))
+                raise ConfigError(f"unknown setting '{key}'; valid settings: {', '.join(valid)}")
+        return cls(**known, kind_options=options)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+             kind_fields: set[str] = frozenset()) -> "TrainConfig":
+        """Defaults <- YAML file <- `key=value` overrides."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.exists():
+                raise ConfigError(f"config file '{path}' does not exist; check the --config path")
+            import yaml
+
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config file '{path}' must hold a mapping of setting: value")
+            data.update(loaded)
+        data.update(parse_overrides(overrides or []))
+        return cls.from_dict(data, kind_fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Fields and kind options in one flat dict (for MLflow params and kind configs)."""
+        data = self.to_dict()
+        options = data.pop("kind_options")
+        return {**data, **options}
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['lr=1e-3', 'target_modules=query,value'] -> {'lr': 0.001, ...} (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set '{item}' is not key=value; write e.g. --set learning_rate=5e-4")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def _field_type(key: str):
+    return typing.get_type_hints(TrainConfig)[key]
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert YAML/CLI values to the field's type, with an error naming the key."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        return None
+    if origin in (list, typing.Union) or hint is list or (args and typing.get_origin(args[0]) is list):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a valid {hint.__name__}; e.g. --set {key}=...") from None
+    return value
+
+
+def config_json(config: TrainConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)

@@ -1,0 +1,96 @@
+"""The LightningModule that trains one slot (adapter + head) of an `AdapterModel`.
+
+Kept apart from the model (Lightning style guide): the nn.Module is `registry.model.AdapterModel`,
+this class only says how to train it.  `forward` is inference.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from continual.config import TrainConfig
+from continual.optim import build_optimizer, build_scheduler, param_groups
+from registry.model import AdapterModel
+
+
+class AdapterClassifier(L.LightningModule):
+    def __init__(self, model: AdapterModel, slot: str, config: TrainConfig, total_steps: int,
+                 extra_loss=None):
+        super().__init__()
+        self.model = model
+        self.slot = slot
+        self.config = config
+        self.total_steps = total_steps
+        # Optional regulariser (e.g. EWC's penalty): a callable () -> scalar tensor added to the loss.
+        self.extra_loss = extra_loss
+        self._correct = 0
+        self._seen = 0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+        return self.model(self.slot, input_ids, attention_mask, **extra)  # (B, num_labels)
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        logits = self(**batch)
+        return F.cross_entropy(logits.float(), labels), (logits.argmax(-1) == labels)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._step(batch)
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss()
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._correct, self._seen = 0, 0
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, hits = self._step(batch)
+        self._correct += int(hits.sum())
+        self._seen += len(hits)
+
+    def on_validation_epoch_end(self) -> None:
+        # Accuracy over the whole dev split, not a mean of per-batch accuracies.
+        self.log("dev/accuracy", self._correct / max(self._seen, 1), prog_bar=True)
+
+    def configure_optimizers(self):
+        trainable = {id(p) for p in self.model.trainable_parameters(self.slot)}
+        named = [(n, p) for n, p in self.model.named_parameters() if id(p) in trainable]
+        optimizer = build_optimizer(param_groups(named, self.config.learning_rate, self.config.weight_decay),
+                                    self.config)
+        scheduler = build_scheduler(optimizer, self.config, self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class KeepBestWeights(L.Callback):
+    """Snapshot the trainable weights at the best dev accuracy and restore them when training ends,
+    so early stopping returns the best adapter rather than the last one."""
+
+    def __init__(self, monitor: str = "dev/accuracy"):
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_step: int = -1
+        self._snapshot: dict[int, torch.Tensor] | None = None
+
+    def _params(self, module: AdapterClassifier) -> list[torch.nn.Parameter]:
+        return module.model.trainable_parameters(module.slot)
+
+    def on_validation_end(self, trainer: L.Trainer, module: AdapterClassifier) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or value > self.best:
+            self.best, self.best_step = value, trainer.global_step
+            self._snapshot = {i: p.detach().clone() for i, p in enumerate(self._params(module))}
+
+    def on_train_end(self, trainer: L.Trainer, module: AdapterClassifier) -> None:
+        if self._snapshot is None:
+            return
+        with torch.no_grad():
+            for i, p in enumerate(self._params(module)):
+                p.copy_(self._snapshot[i])

@@ -1,0 +1,257 @@
+"""`AdapterRegistry`: tasks, adapter versions, aliases and loading by name, over an MLflow store."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.artifacts import SHARED_FILE, AdapterConfig, load_adapter_into, read_adapter_config, verify_checksums
+from registry.base_model import load_base_model
+from registry.predictor import Predictor, host_for
+from registry.store import MlflowStore
+from tasks.errors import ContinualError
+from tasks.spec import TaskSpec, validate_task_name
+
+TASK_TAG = "continual.task"  # marks registered models that are tasks
+SPEC_TAG = "continual.spec"  # the TaskSpec as JSON
+SHARED_TAG = "continual.shared_part"  # marks registered models that are shared parts
+SHA_PREFIX = "sha256."
+METRIC_PREFIX = "metric."
+
+
+class RegistryError(ContinualError):
+    pass
+
+
+@dataclass
+class AdapterVersion:
+    task: str
+    version: int
+    kind: str
+    run_id: str
+    source: str
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    created: int = 0  # ms since epoch
+
+    @property
+    def ref(self) -> str:
+        return f"{self.task}:{self.version}"
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k[len(METRIC_PREFIX):]: float(v) for k, v in self.tags.items() if k.startswith(METRIC_PREFIX)}
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        return {k[len(SHA_PREFIX):]: v for k, v in self.tags.items() if k.startswith(SHA_PREFIX)}
+
+
+def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
+    """'task' | 'task@alias' | 'task:3' -> (task, alias, version)."""
+    if "@" in ref:
+        task, alias = ref.split("@", 1)
+        if not alias:
+            raise RegistryError(f"'{ref}' has an empty alias; write TASK@ALIAS, e.g. agnews@production")
+        return task, alias, None
+    if ":" in ref:
+        task, version = ref.rsplit(":", 1)
+        if not version.isdigit() or int(version) < 1:
+            raise RegistryError(f"'{ref}' has a bad version '{version}'; write TASK:N with N >= 1, e.g. agnews:3")
+        return task, None, int(version)
+    return ref, None, None
+
+
+class AdapterRegistry:
+    """Tasks and their adapter versions in an MLflow store (default ./continual-store)."""
+
+    def __init__(self, store: str | os.PathLike | None = None):
+        self.store = MlflowStore(store)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.store.tracking_uri
+
+    def __repr__(self) -> str:
+        return f"AdapterRegistry({self.tracking_uri!r})"
+
+    # -- tasks -------------------------------------------------------------------------------------
+    def register_task(self, spec: TaskSpec) -> TaskSpec:
+        validate_task_name(spec.name)
+        existing = self.store.get_task(spec.name)
+        if existing is not None:
+            what = "a task" if TASK_TAG in existing.tags else "a shared part"
+            raise RegistryError(
+                f"task name '{spec.name}' is already registered as {what}; choose another name "
+                f"(see `continual tasks list`)"
+            )
+        tags = {
+            TASK_TAG: "1",
+            SPEC_TAG: json.dumps(spec.to_dict(), sort_keys=True),
+            "kind": spec.kind,
+            "labels": json.dumps(list(spec.labels)),
+            "data_fingerprint": spec.fingerprint,
+        }
+        self.store.create_task(spec.name, tags, spec.description)
+        return spec
+
+    def task(self, name: str) -> TaskSpec:
+        model = self.store.get_task(name)
+        if model is None or TASK_TAG not in model.tags:
+            known = ", ".join(t.name for t in self.tasks()) or "none yet"
+            raise RegistryError(
+                f"no task named '{name}' (registered: {known}); register it with "
+                f"`continual tasks register {name} --train FILE`"
+            )
+        return TaskSpec.from_dict(json.loads(model.tags[SPEC_TAG]))
+
+    def tasks(self) -> list[TaskSpec]:
+        return sorted(
+            (TaskSpec.from_dict(json.loads(m.tags[SPEC_TAG])) for m in self.store.list_tasks() if TASK_TAG in m.tags),
+            key=lambda s: s.name,
+        )
+
+    def set_task_tag(self, name: str, key: str, value: str) -> None:
+        self.task(name)
+        self.store.set_task_tag(name, key, value)
+
+    def task_tags(self, name: str) -> dict[str, str]:
+        self.task(name)
+        return dict(self.store.get_task(name).tags)
+
+    # -- versions -------------------------------------------------------------------------------------
+    def _version(self, mv, aliases: dict[str, int]) -> AdapterVersion:
+        version = int(mv.version)
+        return AdapterVersion(
+            task=mv.name, version=version, kind=mv.tags.get("adapter_kind", ""), run_id=mv.run_id or "",
+            source=mv.source, aliases=sorted(a for a, v in aliases.items() if v == version),
+            tags=dict(mv.tags), created=int(mv.creation_timestamp or 0),
+        )
+
+    def versions(self, task: str) -> list[AdapterVersion]:
+        """Every adapter version of `task`, oldest first."""
+        self.task(task)
+        aliases = self.store.aliases(task)
+        return [self._version(mv, aliases) for mv in self.store.versions(task)]
+
+    def resolve(self, ref: str) -> AdapterVersion:
+        """'task' (newest), 'task@alias' or 'task:N' -> that version."""
+        task, alias, number = parse_ref(ref)
+        versions = self.versions(task)
+        if not versions:
+            raise RegistryError(f"task '{task}' has no adapter version yet; train one with `continual train {task}`")
+        if alias is not None:
+            chosen = [v for v in versions if alias in v.aliases]
+            if not chosen:
+                known = sorted({a for v in versions for a in v.aliases}) or ["none"]
+                raise RegistryError(
+                    f"task '{task}' has no alias '{alias}' (aliases: {', '.join(known)}); set one with "
+                    f"`continual adapters alias {task} {alias} VERSION`"
+                )
+            return chosen[0]
+        if number is not None:
+            chosen = [v for v in versions if v.version == number]
+            if not chosen:
+                raise RegistryError(
+                    f"task '{task}' has no version {number} (versions: "
+                    f"{', '.join(str(v.version) for v in versions)}); see `continual adapters versions {task}`"
+                )
+            return chosen[0]
+        return versions[-1]  # newest: MLflow reserves the alias 'latest'
+
+    def add_version(self, task: str, run_id: str, artifact_path: str, tags: dict[str, str],
+                    description: str = "") -> AdapterVersion:
+        """Register the `artifact_path` folder of training run `run_id` as a new version of `task`."""
+        self.task(task)
+        source = self.store.artifact_uri(run_id, artifact_path)
+        mv = self.store.create_version(task, source, run_id, tags, description)
+        return self._version(mv, {})
+
+    # -- aliases ----------------------------------------------------------------------------------------
+    def set_alias(self, task: str, alias: str, version: int) -> AdapterVersion:
+        """Point `alias` at `version` (creating or moving it)."""
+        if alias == "latest" or not alias.replace("-", "").replace("_", "").isalnum() or alias.isdigit():
+            raise RegistryError(
+                f"alias '{alias}' is not allowed; use letters, digits, '-' or '_' (not only digits, and "
+                f"not 'latest', which MLflow reserves)"
+            )
+        target = self.resolve(f"{task}:{version}")
+        self.store.set_alias(task, alias, target.version)
+        return self.resolve(f"{task}@{alias}")
+
+    def delete_alias(self, task: str, alias: str) -> None:
+        self.resolve(f"{task}@{alias}")  # clear error when it does not exist
+        self.store.delete_alias(task, alias)
+
+    # -- shared parts -------------------------------------------------------------------------------------
+    def add_shared_version(self, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
+        """Register a new version of the shared part `name` (e.g. 'shared-b-lora--default')."""
+        existing = self.store.get_task(name)
+        if existing is None:
+            self.store.create_task(name, {SHARED_TAG: "1"}, "shared adapter part")
+        elif SHARED_TAG not in existing.tags:
+            raise RegistryError(f"'{name}' is a task, not a shared part; rename the share group")
+        source = self.store.artifact_uri(run_id, artifact_path)
+        return int(self.store.create_version(name, source, run_id, tags).version)
+
+    def shared_versions(self, name: str) -> list[int]:
+        if self.store.get_task(name) is None:
+            return []
+        return [int(mv.version) for mv in self.store.versions(name)]
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def local_adapter_dir(self, version: AdapterVersion) -> Path:
+        return Path(self.store.download(version.source, tempfile.mkdtemp(prefix="continual-adapter-")))
+
+    def load(self, ref: str, shared: str = "recorded") -> Predictor:
+        """A predictor for 'task', 'task@alias' or 'task:N'.
+
+        The base model is loaded once per process and shared by every adapter on it.  For kinds with
+        a shared part, `shared="recorded"` uses the version the adapter was trained with and
+        `shared="current"` the newest one.
+        """
+        if shared not in ("recorded", "current"):
+            raise RegistryError(f"shared='{shared}' is not valid; use 'recorded' or 'current'")
+        version = self.resolve(ref)
+        adapter_dir = self.local_adapter_dir(version)
+        verify_checksums(adapter_dir, {k: v for k, v in version.checksums.items() if k != SHARED_FILE},
+                         f"adapter {version.ref}")
+        config = read_adapter_config(adapter_dir)
+        base = load_base_model(config.base_model_id)
+        if base.fingerprint != config.base_model_fingerprint:
+            raise RegistryError(
+                f"adapter {version.ref} was trained on base model '{config.base_model_id}' with fingerprint "
+                f"{config.base_model_fingerprint[:12]}…, but the base model in use has {base.fingerprint[:12]}…; "
+                f"load it where that exact base model is installed, or re-train the task"
+            )
+        shared_state, slot_suffix = self._shared_state(version, config, shared)
+        host = host_for(base)
+        slot = f"{version.task}__v{version.version}{slot_suffix}"
+        with host.lock:
+            if slot not in host.slots:
+                if shared_state is not None:
+                    config.kind_config["share_group"] = f"{config.kind_config.get('share_group', 'default')}{slot_suffix}"
+                load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
+                host.eval()
+        return Predictor(host, slot, base, config, version.task, version.version)
+
+    def _shared_state(self, version: AdapterVersion, config: AdapterConfig, shared: str):
+        """(shared weights to use or None, slot suffix naming the shared version)."""
+        recorded = version.tags.get("shared_part")
+        if not recorded:
+            return None, ""
+        name, number = recorded.rsplit(":", 1)
+        number = int(number)
+        if shared == "current":
+            number = max(self.shared_versions(name) or [number])
+        mv = self.store.get_version(name, number)
+        if mv is None:
+            raise RegistryError(f"shared part {name}:{number} used by {version.ref} is missing from the store")
+        from safetensors.torch import load_file
+
+        folder = Path(self.store.download(mv.source, tempfile.mkdtemp(prefix="continual-shared-")))
+        verify_checksums(folder, {k[len(SHA_PREFIX):]: v for k, v in mv.tags.items() if k.startswith(SHA_PREFIX)},
+                         f"shared part {name}:{number}")
+        return load_file(str(folder / SHARED_FILE)), f"__s{number}"
