@@ -1,7 +1,22 @@
 """Adapter kinds: one module per kind, registered here with one explicit call each."""
 from registry.kinds.base import KINDS, AdapterKind, KindConfig, KindError, get_kind, register_kind
+from registry.kinds.bottleneck import AdapterConfig, BottleneckAdapterKind
+from registry.kinds.full import FullConfig, FullFineTuningKind
 from registry.kinds.lora import LoraKind, LoraKindConfig
+from registry.kinds.prompt import PrefixConfig, PrefixTuningKind, PromptConfig, PromptTuningKind
+from registry.kinds.shared_lora import SharedALoraKind, SharedLoraConfig, SharedLoraKind
+from registry.kinds.task_embedding import TaskEmbeddingConfig, TaskEmbeddingKind
 
 register_kind(LoraKind())
+register_kind(SharedLoraKind())  # shared-b-lora
+register_kind(SharedALoraKind())  # shared-a-lora
+register_kind(TaskEmbeddingKind())
+register_kind(BottleneckAdapterKind())  # adapter
+register_kind(PrefixTuningKind())
+register_kind(PromptTuningKind())
+register_kind(FullFineTuningKind())
 
-__all__ = ["KINDS", "AdapterKind", "KindConfig", "KindError", "get_kind", "register_kind", "LoraKindConfig"]
+__all__ = [
+    "KINDS", "AdapterKind", "KindConfig", "KindError", "get_kind", "register_kind", "LoraKindConfig",
+    "SharedLoraConfig", "TaskEmbeddingConfig", "AdapterConfig", "PrefixConfig", "PromptConfig", "FullConfig",
+]

@@ -1,0 +1,142 @@
+"""task-embedding and adapter kinds: identity at start, shared f_in/f_out, e_i per task, isolation."""
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from registry.kinds import AdapterConfig, KindError, TaskEmbeddingConfig, get_kind
+from registry.model import AdapterModel, mean_pool
+
+LABELS = ("a", "b")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: intra-op threads only contend on a shared CPU (100x slower under load).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0) -> AdapterModel:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return AdapterModel(BertModel(config).eval().requires_grad_(False)).eval()
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(1, 100, (4, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(4, 6, dtype=torch.long)
+    mask[0, 4:] = 0
+    return ids, mask
+
+
+def base_pooled(model: AdapterModel, ids, mask) -> torch.Tensor:
+    model.activate(None)
+    with torch.no_grad():
+        return mean_pool(model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
+def train(model: AdapterModel, slot: str, steps: int = 3) -> None:
+    model.train()
+    opt = torch.optim.AdamW(model.trainable_parameters(slot), lr=1e-2)
+    ids, mask = batch()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(slot, ids, mask), torch.tensor([0, 1, 0, 1])).backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("kind,config", [("task-embedding", TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4)),
+                                         ("adapter", AdapterConfig(bottleneck=8))])
+def test_new_adapter_is_the_identity(kind, config):
+    model = tiny_model()
+    ids, mask = batch()
+    expected = base_pooled(model, ids, mask)
+    model.add_slot("t", kind, config, LABELS)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed("t", ids, mask), expected)
+    # Houlsby placement: one adapter after attention.output.dense and one after output.dense per layer.
+    names = sorted(model.adapter_modules[kind].site_names.values())
+    assert names == ["encoder.layer.0.attention.output.dense", "encoder.layer.0.output.dense",
+                     "encoder.layer.1.attention.output.dense", "encoder.layer.1.output.dense"]
+
+
+def test_shared_bottleneck_is_shared_and_embedding_is_per_task():
+    model = tiny_model()
+    cfg = dict(bottleneck=8, task_embedding_dim=4)
+    model.add_slot("t1", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
+    model.add_slot("t2", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
+    store = model.adapter_modules["task-embedding"]
+    assert list(store.shared) == ["default"]  # one f_in / f_out per site for both tasks
+    k = get_kind("task-embedding")
+    p1 = {id(p) for p in k.trainable_parameters(model, "t1")}
+    p2 = {id(p) for p in k.trainable_parameters(model, "t2")}
+    assert {id(p) for p in store.shared["default"].parameters()} <= p1 & p2
+    assert store.embeddings["t1"] is not store.embeddings["t2"]
+    assert not torch.equal(store.embeddings["t1"], store.embeddings["t2"])
+
+
+def test_task_embedding_conditions_the_output_and_can_be_copied():
+    model = tiny_model()
+    cfg = dict(bottleneck=8, task_embedding_dim=4)
+    model.add_slot("t1", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
+    train(model, "t1")  # f_out leaves zero
+    model.add_slot("t2", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
+    ids, mask = batch()
+    with torch.no_grad():
+        e1, e2 = model.embed("t1", ids, mask), model.embed("t2", ids, mask)
+    assert not torch.allclose(e1, e2)  # same shared layers, different e_i
+    get_kind("task-embedding").init_task_embedding_from(model, "t2", "t1")
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed("t2", ids, mask), e1)
+    with pytest.raises(KindError, match="no task-embedding adapter"):
+        get_kind("task-embedding").init_task_embedding_from(model, "t2", "nope")
+
+
+def test_frozen_shared_layers_leave_task1_bit_identical():
+    model = tiny_model()
+    cfg = dict(bottleneck=8, task_embedding_dim=4, train_shared=False)
+    model.add_slot("t1", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
+    train(model, "t1")  # the group's first task trains f_in / f_out anyway
+    ids, mask = batch()
+    with torch.no_grad():
+        before = model("t1", ids, mask).clone()
+    model.add_slot("t2", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
+    assert len(get_kind("task-embedding").trainable_parameters(model, "t2")) == 1  # only e_2
+    e2 = model.adapter_modules["task-embedding"].embeddings["t2"].detach().clone()
+    train(model, "t2")
+    with torch.no_grad():
+        assert torch.equal(model("t1", ids, mask), before)
+    assert not torch.equal(model.adapter_modules["task-embedding"].embeddings["t2"], e2)
+
+
+def test_group_settings_mismatch_and_validation():
+    model = tiny_model()
+    model.add_slot("t1", "task-embedding", TaskEmbeddingConfig(bottleneck=8), LABELS)
+    with pytest.raises(KindError, match=r"bottleneck=8.*bottleneck=16"):
+        model.add_slot("t2", "task-embedding", TaskEmbeddingConfig(bottleneck=16), LABELS)
+    model.add_slot("t3", "task-embedding", TaskEmbeddingConfig(bottleneck=16, share_group="g2"), LABELS)
+    with pytest.raises(KindError, match="--set activation="):
+        TaskEmbeddingConfig(activation="swish")
+    with pytest.raises(KindError, match="--set task_embedding_dim="):
+        TaskEmbeddingConfig(task_embedding_dim=0)
+    with pytest.raises(KindError, match="--set bottleneck="):
+        AdapterConfig(bottleneck=0)
+    with pytest.raises(KindError, match="not found in the base model"):
+        tiny_model().add_slot("t", "adapter", AdapterConfig(target_modules="nothing_here"), LABELS)
+
+
+def test_adapter_slots_are_independent():
+    model = tiny_model()
+    model.add_slot("t1", "adapter", AdapterConfig(bottleneck=8), LABELS)
+    train(model, "t1")
+    ids, mask = batch()
+    with torch.no_grad():
+        before = model("t1", ids, mask).clone()
+    model.add_slot("t2", "adapter", AdapterConfig(bottleneck=8), LABELS)
+    train(model, "t2")
+    with torch.no_grad():
+        assert torch.equal(model("t1", ids, mask), before)
+        assert not torch.allclose(model.embed("t2", ids, mask), base_pooled(model, ids, mask))
