@@ -1,7 +1,6 @@
 """Train one task's adapter and register it as a new version: the `continual train` job."""
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 import time
@@ -69,10 +68,13 @@ def load_task_data(spec: TaskSpec) -> TaskData:
     return TaskData(spec, splits["train"], splits.get("dev", []), splits.get("test", []))
 
 
-def build_model(base: BaseModel, kind_name: str) -> AdapterModel:
-    """A training model on `base`: the shared encoder, or a private copy for kinds that change it."""
-    encoder = copy.deepcopy(base.encoder) if get_kind(kind_name).modifies_base else base.encoder
-    return AdapterModel(encoder)
+def build_model(base: BaseModel) -> AdapterModel:
+    """A training model on a private copy of the base weights.
+
+    Adapters attach to the encoder in place (peft layers, forward hooks), so training never shares
+    the process-wide inference encoder: a slot active in one model must not leak into the other.
+    """
+    return AdapterModel(base.fresh_encoder())
 
 
 def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfig, train: list[Example],
@@ -148,7 +150,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
     L.seed_everything(config.seed, workers=True, verbose=False)
     kind_config = kind.make_config(config.flat())
     if model is None:
-        model = build_model(base, method)
+        model = build_model(base)
     slot = task
     if slot in model.slots:
         model.remove_slot(slot)

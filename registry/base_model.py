@@ -5,6 +5,7 @@ fingerprint (sha256 over its parameters) that adapter versions record and loader
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ class BaseModel:
     encoder: nn.Module  # a transformers PreTrainedModel (AutoModel), frozen, eval mode
     tokenizer: object
     fingerprint: str
+    pristine: nn.Module | None = None  # untouched copy: inference injects adapters into `encoder`
+
+    def fresh_encoder(self) -> nn.Module:
+        """A private copy of the base weights for training, free of any adapter loaded for inference."""
+        return copy.deepcopy(self.pristine if self.pristine is not None else self.encoder)
 
     @property
     def hidden_size(self) -> int:
@@ -90,7 +96,7 @@ def load_base_model(model_id: str | None = None) -> BaseModel:
             tokenizer.pad_token = tokenizer.eos_token
         encoder.eval()
         encoder.requires_grad_(False)
-        base = BaseModel(recorded_id, source, encoder, tokenizer, fingerprint_module(encoder))
+        base = BaseModel(recorded_id, source, encoder, tokenizer, fingerprint_module(encoder), copy.deepcopy(encoder))
         _loaded[recorded_id] = base
         return base
 

