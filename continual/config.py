@@ -45,6 +45,8 @@ class TrainConfig:
     lora_alpha: int = 16  # LoRA scaling numerator (scale = lora_alpha / r)
     lora_dropout: float = 0.1  # dropout on the LoRA branch
     target_modules: list[str] | None = None  # modules to adapt (None: peft's default for the model type)
+    # progressive unfreezing of base layers, e.g. "every=1,unit=epoch,group=2,lr_decay=0.8" ("": off)
+    unfreeze_schedule: str = ""
     # settings of other adapter kinds (bottleneck size, share group, ...), by the kind's own names
     kind_options: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +76,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is invalid: must be {valid} (--set {key}=...)")
         self.precision = str(self.precision)
+        from continual.unfreeze import parse_unfreeze_schedule
+
+        parse_unfreeze_schedule(self.unfreeze_schedule)  # one-line error for a bad spec
         if isinstance(self.target_modules, str):
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
 

@@ -66,16 +66,22 @@ class AdapterClassifier(L.LightningModule):
 
 class KeepBestWeights(L.Callback):
     """Snapshot the trainable weights at the best dev accuracy and restore them when training ends,
-    so early stopping returns the best adapter rather than the last one."""
+    so early stopping returns the best adapter rather than the last one.  With `include_encoder`
+    (progressive unfreezing: base layers start training mid-run) the encoder is snapshot too."""
 
-    def __init__(self, monitor: str = "dev/accuracy"):
+    def __init__(self, monitor: str = "dev/accuracy", include_encoder: bool = False):
         self.monitor = monitor
+        self.include_encoder = include_encoder
         self.best: float | None = None
         self.best_step: int = -1
         self._snapshot: dict[int, torch.Tensor] | None = None
 
     def _params(self, module: AdapterClassifier) -> list[torch.nn.Parameter]:
-        return module.model.trainable_parameters(module.slot)
+        params = module.model.trainable_parameters(module.slot)
+        if self.include_encoder:
+            seen = {id(p) for p in params}
+            params += [p for p in module.model.encoder.parameters() if id(p) not in seen]
+        return params
 
     def on_validation_end(self, trainer: L.Trainer, module: AdapterClassifier) -> None:
         if trainer.sanity_checking:

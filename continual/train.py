@@ -13,6 +13,7 @@ from continual.config import TrainConfig
 from continual.data import EncodedDataset, make_loader, subsample
 from continual.evaluate import accuracy
 from continual.module import AdapterClassifier, KeepBestWeights
+from continual.unfreeze import ProgressiveUnfreezing, parse_unfreeze_schedule, unfrozen_base_state
 from registry.artifacts import SHARED_FILE, AdapterConfig, write_adapter_dir
 from registry.base_model import BaseModel, load_base_model
 from registry.kinds import get_kind
@@ -97,7 +98,10 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
         total = min(total, config.max_steps)
     module = AdapterClassifier(model, slot, config, total, extra_loss=extra_loss)
     cbs = list(callbacks or [])
-    keep_best = KeepBestWeights() if dev_loader is not None else None
+    schedule = parse_unfreeze_schedule(config.unfreeze_schedule)
+    if schedule is not None:
+        cbs.append(ProgressiveUnfreezing(schedule))
+    keep_best = KeepBestWeights(include_encoder=schedule is not None) if dev_loader is not None else None
     if keep_best is not None:
         cbs.append(keep_best)
         if config.early_stopping_patience:
@@ -122,7 +126,10 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     model.train()
     trainer.fit(module, train_loader, dev_loader)
     model.eval()
-    for p in model.trainable_parameters(slot):
+    if schedule is not None:
+        # The adapter is only valid with the base layers it trained: keep them with the slot.
+        model.slots[slot].base_state = unfrozen_base_state(model)
+    for p in model.parameters():
         p.requires_grad_(False)
     return trainer.global_step, (keep_best.best if keep_best else None)
 
@@ -198,6 +205,8 @@ def _register(registry: AdapterRegistry, run_id: str, model: AdapterModel, slot:
     tags = {
         "adapter_kind": method, "base_model_id": base.model_id, "base_model_fingerprint": base.fingerprint,
         "data_fingerprint": spec.fingerprint, **(extra_tags or {}),
+        **({"base_modified": "true", "unfreeze_schedule": config.unfreeze_schedule}
+           if model.slots[slot].base_state else {}),
         **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
     }
     with tempfile.TemporaryDirectory(prefix="continual-save-") as tmp:

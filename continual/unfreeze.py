@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from registry.base_layers import base_parameters, load_unfrozen_base_state, unfrozen_base_state  # noqa: F401
 from tasks.errors import ContinualError
 
 EXAMPLE = "--set unfreeze_schedule=every=1,unit=epoch,group=2,lr_decay=0.8"
@@ -116,35 +117,6 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
             return module
     raise UnfreezeError(f"cannot find the {n} transformer layers of this base model; turn unfreezing off with "
                         f"--set unfreeze_schedule=none")
-
-
-def _is_adapter(name: str) -> bool:
-    return any(part.startswith("lora_") for part in name.split("."))  # peft LoRA injected into the encoder
-
-
-def base_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The base model's own parameters in `module` (peft adapter weights injected into it excluded)."""
-    return [(n, p) for n, p in module.named_parameters() if not _is_adapter(n)]
-
-
-def _portable(name: str) -> str:
-    return name.replace(".base_layer.", ".")  # the same key whether or not peft wrapped the Linear
-
-
-def unfrozen_base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Base encoder weights that train (were unfrozen), keyed as in the plain encoder's state dict."""
-    return {_portable(n): p.detach().clone() for n, p in base_parameters(model.encoder) if p.requires_grad}
-
-
-def load_unfrozen_base_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Write weights saved by `unfrozen_base_state` into `model.encoder` (in place)."""
-    params = {_portable(n): p for n, p in base_parameters(model.encoder)}
-    unknown = sorted(set(state) - set(params))
-    if unknown:
-        raise UnfreezeError(f"unfrozen base weights {unknown[:3]} are not in this base model; load them on the base they were trained on")
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
 
 
 # --- the callback --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
       adapter_config.json       kind, kind settings, base model id + fingerprint, labels, pooling
       adapter_model.safetensors per-task weights ("adapter.*") and the task head ("head.*")
       shared_model.safetensors  the shared part this task was trained with (shared kinds only)
+      base_layers.safetensors   base-model layers it trained (progressive unfreezing only)
       labels.json               class id -> label
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SHARED_FILE = "shared_model.safetensors"
+BASE_LAYERS_FILE = "base_layers.safetensors"  # base layers the adapter trained (progressive unfreezing)
 LABELS_FILE = "labels.json"
 
 
@@ -91,6 +93,10 @@ def write_adapter_dir(out_dir: str | Path, model: AdapterModel, slot: str, confi
     tensors.update({f"head.{k}": v for k, v in model.heads[slot].state_dict().items()})
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out / WEIGHTS_FILE))
     files = [WEIGHTS_FILE]
+    base_state = model.slots[slot].base_state
+    if base_state:
+        save_file({k: v.detach().contiguous().cpu() for k, v in base_state.items()}, str(out / BASE_LAYERS_FILE))
+        files.append(BASE_LAYERS_FILE)
     shared = kind.shared_state_dict(model, slot)
     if shared:
         save_file({k: v.detach().contiguous().cpu() for k, v in shared.items()}, str(out / SHARED_FILE))
@@ -137,5 +143,11 @@ def load_adapter_into(model: AdapterModel, slot: str, adapter_dir: str | Path,
     if shared_state:
         kind.load_shared_state(model, slot, shared_state)
     kind.load_slot_state(model, slot, {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
+    if (adapter_dir / BASE_LAYERS_FILE).exists():
+        from registry.base_layers import load_unfrozen_base_state
+
+        state = load_file(str(adapter_dir / BASE_LAYERS_FILE))
+        load_unfrozen_base_state(model, state)
+        model.slots[slot].base_state = state
     model.heads[slot].load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
     return config

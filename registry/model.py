@@ -20,6 +20,8 @@ class SlotInfo:
     kind: str
     config: KindConfig
     labels: tuple[str, ...]
+    # Base-encoder weights this slot trained (progressive unfreezing); saved with the adapter.
+    base_state: dict[str, torch.Tensor] | None = None
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

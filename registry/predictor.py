@@ -36,6 +36,18 @@ def host_for(base: BaseModel) -> AdapterModel:
         return host
 
 
+_private_hosts: dict[tuple[str, str], AdapterModel] = {}
+
+
+def private_host(base: BaseModel, slot: str) -> AdapterModel:
+    """An inference model on its own copy of the base, for an adapter that changed base layers."""
+    with _hosts_lock:
+        key = (base.fingerprint, slot)
+        if key not in _private_hosts:
+            _private_hosts[key] = AdapterModel(base.fresh_encoder()).eval()
+        return _private_hosts[key]
+
+
 class Predictor:
     def __init__(self, host: AdapterModel, slot: str, base: BaseModel, config: AdapterConfig,
                  task: str, version: int):

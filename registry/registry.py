@@ -7,9 +7,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.artifacts import SHARED_FILE, AdapterConfig, load_adapter_into, read_adapter_config, verify_checksums
+from registry.artifacts import BASE_LAYERS_FILE, SHARED_FILE, AdapterConfig, load_adapter_into, read_adapter_config, verify_checksums
 from registry.base_model import load_base_model
-from registry.predictor import Predictor, host_for
+from registry.predictor import Predictor, host_for, private_host
 from registry.store import MlflowStore
 from tasks.errors import ContinualError
 from tasks.spec import TaskSpec, validate_task_name
@@ -227,8 +227,9 @@ class AdapterRegistry:
                 f"load it where that exact base model is installed, or re-train the task"
             )
         shared_state, slot_suffix = self._shared_state(version, config, shared)
-        host = host_for(base)
+        # An adapter that trained base layers gets a private copy of the base; all others share one.
         slot = f"{version.task}__v{version.version}{slot_suffix}"
+        host = private_host(base, slot) if (adapter_dir / BASE_LAYERS_FILE).exists() else host_for(base)
         with host.lock:
             if slot not in host.slots:
                 if shared_state is not None:
