@@ -14,6 +14,7 @@ from continual.data import EncodedDataset, make_loader, subsample
 from continual.evaluate import accuracy
 from continual.module import AdapterClassifier, KeepBestWeights
 from continual.unfreeze import ProgressiveUnfreezing, parse_unfreeze_schedule, unfrozen_base_state
+from continual.warm_start import choose_source, warm_start
 from registry.artifacts import SHARED_FILE, AdapterConfig, write_adapter_dir
 from registry.base_model import BaseModel, load_base_model
 from registry.kinds import get_kind
@@ -142,7 +143,8 @@ def _mlflow_logger(registry: AdapterRegistry, run_id: str):
 
 def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None = None, *, method: str = "lora",
                base_model: str | None = None, show_progress: bool = False, parent_run_id: str | None = None,
-               model: AdapterModel | None = None, extra_tags: dict[str, str] | None = None) -> TrainResult:
+               model: AdapterModel | None = None, extra_tags: dict[str, str] | None = None,
+               init_from: str | None = None) -> TrainResult:
     """Train `task`'s adapter of kind `method`, evaluate on dev and test, register a new version.
 
     Pass `model` to train inside an existing `AdapterModel` (a task sequence keeps every task in one
@@ -162,6 +164,10 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
     if slot in model.slots:
         model.remove_slot(slot)
     model.add_slot(slot, method, kind_config, spec.labels)
+    extra_tags = dict(extra_tags or {})
+    source = choose_source(registry, task, method, init_from)
+    if source is not None:
+        extra_tags.update(warm_start(registry, model, slot, base, source), init_from=init_from)
     train = subsample(data.train, config.train_limit, config.seed)
 
     run_id = registry.store.start_run(f"train-{task}", {"continual.task": task, "adapter_kind": method},
@@ -172,6 +178,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
             "base_model_fingerprint": base.fingerprint, "data_fingerprint": spec.fingerprint,
             "train_examples": len(train), "dev_examples": len(data.dev), "test_examples": len(data.test),
             "per_task_parameters": kind.per_task_parameter_count(kind_config, base.encoder.config),
+            "init_from": extra_tags.get("parent_adapter", "none"),
         })
         start = time.perf_counter()
         steps, best_dev = fit_slot(model, slot, base, config, train, data.dev,

@@ -6,11 +6,14 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from registry.artifacts import BASE_LAYERS_FILE, SHARED_FILE, AdapterConfig, load_adapter_into, read_adapter_config, verify_checksums
 from registry.base_model import load_base_model
 from registry.predictor import Predictor, host_for, private_host
+from registry.routing import Related, Route, RouteDiagnosis
 from registry.store import MlflowStore
+from registry.task_index import EMBEDDING_RUN_TAG, TaskIndex
 from tasks.errors import ContinualError
 from tasks.spec import TaskSpec, validate_task_name
 
@@ -69,6 +72,7 @@ class AdapterRegistry:
 
     def __init__(self, store: str | os.PathLike | None = None):
         self.store = MlflowStore(store)
+        self._index: TaskIndex | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -78,7 +82,12 @@ class AdapterRegistry:
         return f"AdapterRegistry({self.tracking_uri!r})"
 
     # -- tasks -------------------------------------------------------------------------------------
-    def register_task(self, spec: TaskSpec) -> TaskSpec:
+    def register_task(self, spec: TaskSpec, embed: bool = True) -> TaskSpec:
+        """Register a task (its data already checked by `tasks.build_spec`).
+
+        With `embed`, a fixed sample of its training inputs is encoded by the frozen base encoder
+        and stored with it, for related-task search and routing (`related`, `route`).
+        """
         validate_task_name(spec.name)
         existing = self.store.get_task(spec.name)
         if existing is not None:
@@ -87,7 +96,17 @@ class AdapterRegistry:
                 f"task name '{spec.name}' is already registered as {what}; choose another name "
                 f"(see `continual tasks list`)"
             )
+        extra_tags = {}
+        if embed:
+            from tasks.loaders import load_split
+
+            vectors, label_vector = self.index.embed_task(load_split(spec, "train"), spec.labels)
+            run_id = self.store.start_run(f"register-{spec.name}", {"continual.task": spec.name})
+            self.index.log_embedding(run_id, vectors, label_vector)
+            self.store.end_run(run_id)
+            extra_tags[EMBEDDING_RUN_TAG] = run_id
         tags = {
+            **extra_tags,
             TASK_TAG: "1",
             SPEC_TAG: json.dumps(spec.to_dict(), sort_keys=True),
             "kind": spec.kind,
@@ -96,6 +115,29 @@ class AdapterRegistry:
         }
         self.store.create_task(spec.name, tags, spec.description)
         return spec
+
+    # -- related tasks and routing ------------------------------------------------------------------
+    @property
+    def index(self) -> TaskIndex:
+        if self._index is None:
+            self._index = TaskIndex(self.store)
+        return self._index
+
+    def related(self, task: str, k: int = 3) -> list[Related]:
+        """The `k` registered tasks most similar to `task`, best first (`Related(task, score)`)."""
+        self.task(task)
+        return self.index.related(task, k)
+
+    def route(self, texts: Sequence[str] | str, k: int = 1) -> list[list[Route]]:
+        """Per text, the `k` registered tasks whose inputs it resembles most (`Route(task, score)`), best first."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not self.index.router().tasks:
+            raise RegistryError("no task with an embedding is registered yet; register one with `continual tasks register`")
+        return self.index.route(texts, k)
+
+    def diagnose_routes(self, texts: Sequence[str]) -> list[RouteDiagnosis]:
+        """Per text, the chosen task, the runner-up and the margin between their scores."""
+        return self.index.diagnose(list(texts))
 
     def task(self, name: str) -> TaskSpec:
         model = self.store.get_task(name)

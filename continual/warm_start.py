@@ -1,0 +1,72 @@
+"""Warm start: initialise a new task's adapter from a related task's registered adapter.
+
+`--init-from auto` takes the nearest related task (registry.related) that has an adapter of the
+same kind; `--init-from TASK` names it; `none` trains from scratch.  The adapter weights are
+copied when their shapes fit; the head is copied only when the label sets are identical (same
+classes in the same order), otherwise it starts fresh.  The lineage goes into the version's tags.
+"""
+from __future__ import annotations
+
+import warnings
+
+from registry.artifacts import WEIGHTS_FILE, read_adapter_config, verify_checksums
+from registry.base_model import BaseModel
+from registry.kinds import get_kind
+from registry.model import AdapterModel
+from registry.registry import AdapterRegistry, AdapterVersion
+from tasks.errors import ContinualError
+
+
+class WarmStartError(ContinualError):
+    pass
+
+
+def choose_source(registry: AdapterRegistry, task: str, method: str, init_from: str | None) -> AdapterVersion | None:
+    """The adapter version to start from, or None to train from scratch."""
+    if init_from in (None, "", "none"):
+        return None
+    if init_from == "auto":
+        for related in registry.related(task, k=10):
+            versions = registry.versions(related.task)
+            if versions and versions[-1].kind == method:
+                return versions[-1]
+        warnings.warn(f"--init-from auto: no related task has a '{method}' adapter yet; training {task} from scratch",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    if init_from == task:
+        raise WarmStartError(f"--init-from {init_from} names the task being trained; name another task, auto or none")
+    source = registry.resolve(init_from)
+    if source.kind != method:
+        raise WarmStartError(
+            f"--init-from {init_from}: its adapter is '{source.kind}' but this training uses '{method}'; "
+            f"train with --method {source.kind} or pick a task with a {method} adapter"
+        )
+    return source
+
+
+def warm_start(registry: AdapterRegistry, model: AdapterModel, slot: str, base: BaseModel,
+               source: AdapterVersion) -> dict[str, str]:
+    """Copy `source`'s adapter (and, for identical label sets, its head) into `slot`; returns lineage tags."""
+    from safetensors.torch import load_file
+
+    folder = registry.local_adapter_dir(source)
+    verify_checksums(folder, {k: v for k, v in source.checksums.items() if k == WEIGHTS_FILE}, f"adapter {source.ref}")
+    config = read_adapter_config(folder)
+    if config.base_model_fingerprint != base.fingerprint:
+        raise WarmStartError(
+            f"--init-from {source.ref}: it was trained on another base model ('{config.base_model_id}'); "
+            f"warm starts need the same base, train with --base-model {config.base_model_id} or use --init-from none"
+        )
+    tensors = load_file(str(folder / WEIGHTS_FILE))
+    adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    try:
+        get_kind(config.kind).load_slot_state(model, slot, adapter)
+    except (RuntimeError, ValueError) as err:
+        raise WarmStartError(
+            f"--init-from {source.ref}: its adapter's shapes do not fit this one ({str(err).splitlines()[0][:120]}); "
+            f"use the same adapter settings (e.g. r) or --init-from none"
+        ) from None
+    head_copied = list(config.labels) == list(model.slots[slot].labels)
+    if head_copied:
+        model.heads[slot].load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+    return {"parent_adapter": source.ref, "warm_start_head": "copied" if head_copied else "fresh"}

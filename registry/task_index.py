@@ -1,0 +1,140 @@
+"""The store's task index: task embeddings kept with each task, and a FAISS router rebuilt from them.
+
+At registration a fixed sample of the task's training inputs is encoded by the frozen default base
+encoder (see registry.embeddings for the measured choice of layer and rule) and stored as an
+artifact of a registration run; the registered model's tags point to it.  The router (FAISS
+indexes + a sidecar of names) is a cache: a folder in a local store, or under ~/.cache for a
+server, rebuilt from the stored vectors, with a warning, when missing, stale or corrupt.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from registry.base_model import DEFAULT_BASE_MODEL, load_base_model
+from registry.routing import Related, Route, RouteDiagnosis, RouterConfig, TaskRouter, TextRouter
+from tasks.loaders import Example
+
+if TYPE_CHECKING:
+    from registry.store import MlflowStore
+
+EMBEDDING_RUN_TAG = "continual.embedding_run"  # registered-model tag: run holding the task's vectors
+VECTORS_FILE = "vectors.npy"
+LABEL_FILE = "label_vector.npy"
+ARTIFACT_DIR = "task_embedding"
+
+
+def example_text(example: Example) -> str:
+    """What the router sees of an example: its text, and its pair text on a second line."""
+    return example.text if example.text_pair is None else f"{example.text}\n{example.text_pair}"
+
+
+class TaskIndex:
+    def __init__(self, store: "MlflowStore", encoder_id: str = DEFAULT_BASE_MODEL):
+        self.store = store
+        self.encoder_id = encoder_id
+        self._router: TaskRouter | None = None  # in-memory copy of the current router
+
+    # -- where the cache lives ----------------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        if self.store.artifact_root is not None:
+            return Path(self.store.artifact_root).parent / "index"
+        digest = hashlib.sha256(self.store.tracking_uri.encode()).hexdigest()[:16]
+        return Path.home() / ".cache" / "continual-adapters" / digest / "index"
+
+    def _encoder(self, router: TaskRouter) -> TextRouter:
+        base = load_base_model(self.encoder_id)
+        return TextRouter(router, base.encoder, base.tokenizer)
+
+    def _empty_router(self) -> TaskRouter:
+        base = load_base_model(self.encoder_id)
+        from registry.embeddings import default_routing_layer
+
+        return TaskRouter(base.hidden_size, RouterConfig(layer=default_routing_layer(base.encoder.config.num_hidden_layers)))
+
+    # -- registration --------------------------------------------------------------------------
+    def embed_task(self, examples: Sequence[Example], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(sample vectors, label vector) of a task: what is stored with it."""
+        text_router = self._encoder(self._empty_router())
+        return text_router.task_inputs([example_text(e) for e in examples], list(labels) or None)
+
+    def log_embedding(self, run_id: str, vectors: np.ndarray, label_vector: np.ndarray | None) -> None:
+        with tempfile.TemporaryDirectory(prefix="continual-embed-") as tmp:
+            folder = Path(tmp) / ARTIFACT_DIR
+            folder.mkdir()
+            np.save(folder / VECTORS_FILE, vectors.astype(np.float32))
+            if label_vector is not None:
+                np.save(folder / LABEL_FILE, np.asarray(label_vector, np.float32))
+            self.store.log_artifacts(run_id, folder, ARTIFACT_DIR)
+
+    def related_to_new(self, vectors: np.ndarray, label_vector: np.ndarray | None, k: int) -> list[Related]:
+        """Registered tasks nearest to a task that is not registered yet."""
+        router = self.router()
+        if len(router) == 0:
+            return []
+        return router.related(router.embed_task(vectors, label_vector), k=k)
+
+    # -- the router ----------------------------------------------------------------------------
+    def _indexed_tasks(self) -> dict[str, str]:
+        """task name -> run id holding its vectors, for every task with an embedding."""
+        return {m.name: m.tags[EMBEDDING_RUN_TAG] for m in self.store.list_tasks() if EMBEDDING_RUN_TAG in m.tags}
+
+    def router(self) -> TaskRouter:
+        """The router over every registered task, from the cache when it is current."""
+        expected = self._indexed_tasks()
+        if self._router is not None and sorted(self._router.tasks) == sorted(expected):
+            return self._router
+        cached = self._load_cache()
+        if cached is not None and sorted(cached.tasks) == sorted(expected):
+            self._router = cached
+            return cached
+        if cached is not None:
+            warnings.warn(f"task index in {self.cache_dir} is stale (it holds {len(cached)} tasks, the registry "
+                          f"{len(expected)}); rebuilding it from the registry", RuntimeWarning, stacklevel=2)
+        self._router = self.rebuild(expected)
+        return self._router
+
+    def _load_cache(self) -> TaskRouter | None:
+        if not (self.cache_dir / "router.json").exists():
+            return None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                router = TaskRouter.load(self.cache_dir)
+            for w in caught:  # a corrupt FAISS file was rebuilt from router.npz: say so once
+                warnings.warn(str(w.message), RuntimeWarning, stacklevel=3)
+            return router
+        except (FileNotFoundError, ValueError) as err:
+            warnings.warn(f"task index in {self.cache_dir} is unreadable ({err}); rebuilding it from the registry",
+                          RuntimeWarning, stacklevel=3)
+            return None
+
+    def rebuild(self, tasks: dict[str, str] | None = None) -> TaskRouter:
+        tasks = self._indexed_tasks() if tasks is None else tasks
+        router = self._empty_router()
+        for name in sorted(tasks):
+            folder = Path(self.store.download(self.store.artifact_uri(tasks[name], ARTIFACT_DIR),
+                                              tempfile.mkdtemp(prefix="continual-embed-")))
+            label = np.load(folder / LABEL_FILE) if (folder / LABEL_FILE).exists() else None
+            router.add_task(name, np.load(folder / VECTORS_FILE), label_vector=label)
+        if len(router):
+            router.save(self.cache_dir)
+        return router
+
+    # -- queries -------------------------------------------------------------------------------
+    def related(self, task: str, k: int) -> list[Related]:
+        router = self.router()
+        return router.related(task, k=k) if task in router else []
+
+    def route(self, texts: Sequence[str], k: int = 1) -> list[list[Route]]:
+        return self._encoder(self.router()).routes(list(texts), k=k)
+
+    def diagnose(self, texts: Sequence[str]) -> list[RouteDiagnosis]:
+        router = self.router()
+        return router.diagnose(self._encoder(router).encode(list(texts)))

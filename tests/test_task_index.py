@@ -1,0 +1,78 @@
+"""Task embeddings at registration, related tasks, routing and warm starts through the registry."""
+import shutil
+import warnings
+
+import pytest
+
+from continual.config import TrainConfig
+from continual.train import train_task
+from continual.warm_start import WarmStartError
+from registry import AdapterRegistry, Related, RegistryError, Route
+from tasks.demo import write_demo_suite
+
+FAST = TrainConfig(max_steps=2, batch_size=8, max_length=32, eval_batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory, _empty_store_template):
+    root = tmp_path_factory.mktemp("index-store")
+    shutil.copy(_empty_store_template, root / "mlflow.db")
+    registry = AdapterRegistry(root)
+    for spec in write_demo_suite(root / "data", sizes={"train": 64, "dev": 8, "test": 8}):
+        registry.register_task(spec)
+    return registry
+
+
+def test_related_tasks_best_first_without_itself(reg):
+    related = reg.related("demo-topic", k=5)
+    assert [type(r) for r in related] == [Related, Related]
+    assert {r.task for r in related} == {"demo-sentiment", "demo-intent"}
+    assert related[0].score >= related[1].score
+
+
+def test_route_picks_the_task_an_input_belongs_to(reg):
+    texts = ["set an alarm for six thirty tomorrow morning", "remind me: add eggs and milk to my shopping list",
+             "the striker scored twice as the team won the derby", "the central bank raised interest rates again"]
+    routes = reg.route(texts, k=2)
+    assert all(len(r) == 2 and all(isinstance(x, Route) for x in r) for r in routes)
+    assert all(r[0].score >= r[1].score for r in routes)
+    assert [r[0].task for r in routes] == ["demo-intent", "demo-intent", "demo-topic", "demo-topic"]
+    [diag] = reg.diagnose_routes(texts[:1])
+    assert diag.task == "demo-intent" and diag.runner_up in {"demo-topic", "demo-sentiment"} and diag.margin > 0
+
+
+def test_index_is_rebuilt_with_a_warning_when_stale_or_corrupt(reg):
+    reg.route(["hello"])  # make sure the cache exists
+    cache = reg.index.cache_dir
+    fresh = AdapterRegistry(reg.store.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0])
+    (cache / "routes.faiss").write_bytes(b"garbage")
+    with pytest.warns(RuntimeWarning):
+        assert fresh.route(["set an alarm"])[0][0].task == "demo-intent"
+    shutil.rmtree(cache)
+    assert AdapterRegistry(fresh.store.artifact_root.rsplit("/", 1)[0]).related("demo-topic")  # rebuilt from the registry
+    assert (cache / "router.json").exists()
+
+
+def test_warm_start_copies_adapter_and_records_lineage(reg, tiny_base_dir):
+    source = train_task(reg, "demo-topic", FAST, base_model=str(tiny_base_dir))
+    warm = train_task(reg, "demo-sentiment", FAST.replace(max_steps=1, learning_rate=1e-9),
+                      base_model=str(tiny_base_dir), init_from="demo-topic")
+    assert warm.version.tags["parent_adapter"] == source.version.ref
+    assert warm.version.tags["warm_start_head"] == "fresh"  # label sets differ
+    # With a negligible learning rate the adapter weights stay the source's.
+    from registry.kinds import get_kind
+
+    kind = get_kind("lora")
+    a, b = kind.slot_state_dict(source.model, source.slot), kind.slot_state_dict(warm.model, warm.slot)
+    assert all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
+
+
+def test_warm_start_errors(reg, tiny_base_dir):
+    with pytest.raises(WarmStartError, match="names the task being trained"):
+        train_task(reg, "demo-intent", FAST, base_model=str(tiny_base_dir), init_from="demo-intent")
+    with pytest.raises(RegistryError, match="no task named 'nope'"):
+        train_task(reg, "demo-intent", FAST, base_model=str(tiny_base_dir), init_from="nope")
+    train_task(reg, "demo-sentiment", FAST, base_model=str(tiny_base_dir))
+    with pytest.raises(WarmStartError, match="its adapter is 'lora' but this training uses 'adapter'"):
+        train_task(reg, "demo-intent", FAST, method="adapter", base_model=str(tiny_base_dir),
+                   init_from="demo-sentiment")
