@@ -1,6 +1,7 @@
 """`AdapterRegistry`: tasks, adapter versions, aliases and loading by name, over an MLflow store."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -270,7 +271,9 @@ class AdapterRegistry:
             )
         shared_state, slot_suffix = self._shared_state(version, config, shared)
         # An adapter that trained base layers gets a private copy of the base; all others share one.
-        slot = f"{version.task}__v{version.version}{slot_suffix}"
+        # The slot names the exact artifact (two stores in one process can both hold "task:1").
+        source_id = hashlib.sha256(version.source.encode()).hexdigest()[:10]
+        slot = f"{version.task}__v{version.version}__{source_id}{slot_suffix}"
         host = private_host(base, slot) if (adapter_dir / BASE_LAYERS_FILE).exists() else host_for(base)
         with host.lock:
             if slot not in host.slots:
@@ -297,4 +300,5 @@ class AdapterRegistry:
         folder = Path(self.store.download(mv.source, tempfile.mkdtemp(prefix="continual-shared-")))
         verify_checksums(folder, {k[len(SHA_PREFIX):]: v for k, v in mv.tags.items() if k.startswith(SHA_PREFIX)},
                          f"shared part {name}:{number}")
-        return load_file(str(folder / SHARED_FILE)), f"__s{number}"
+        # Suffix names the exact shared artifact, so versions (and stores) never share a group by accident.
+        return load_file(str(folder / SHARED_FILE)), f"__s{number}_{hashlib.sha256(mv.source.encode()).hexdigest()[:8]}"
