@@ -40,13 +40,22 @@ def _empty_store_template(tmp_path_factory) -> Path:
     return root / "mlflow.db"
 
 
+@pytest.fixture(scope="session")
+def new_store(tmp_path_factory, _empty_store_template):
+    """Factory of fresh, empty store folders (copies of the migrated template database)."""
+
+    def make(name: str = "store") -> Path:
+        root = tmp_path_factory.mktemp(name)
+        shutil.copy(_empty_store_template, root / "mlflow.db")
+        return root
+
+    return make
+
+
 @pytest.fixture
-def store_path(tmp_path, _empty_store_template) -> Path:
-    """A fresh, empty store folder (a copy of the migrated template database)."""
-    root = tmp_path / "store"
-    root.mkdir()
-    shutil.copy(_empty_store_template, root / "mlflow.db")
-    return root
+def store_path(new_store) -> Path:
+    """A fresh, empty store folder for one test."""
+    return new_store()
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ FAST = TrainConfig(max_steps=2, batch_size=8, max_length=32, eval_batch_size=32)
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory, _empty_store_template):
-    root = tmp_path_factory.mktemp("index-store")
-    shutil.copy(_empty_store_template, root / "mlflow.db")
+def reg(new_store):
+    root = new_store("index-store")
     registry = AdapterRegistry(root)
     for spec in write_demo_suite(root / "data", sizes={"train": 64, "dev": 8, "test": 8}):
         registry.register_task(spec)

@@ -8,19 +8,15 @@ from continual.evaluate import predict_ids
 from continual.train import train_task
 from registry import AdapterRegistry
 from registry.kinds import KINDS
+from tasks.demo import write_demo_suite
 
 FAST = dict(max_steps=2, batch_size=8, max_length=32, eval_batch_size=32, learning_rate=1e-2)
 TEXTS = ["the match went to extra time", "shares rose after the earnings call", "rain is expected tomorrow"]
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory, _empty_store_template):
-    import shutil
-
-    from tasks.demo import write_demo_suite
-
-    root = tmp_path_factory.mktemp("kinds-store")
-    shutil.copy(_empty_store_template, root / "mlflow.db")
+def reg(new_store):
+    root = new_store("kinds-store")
     registry = AdapterRegistry(root)
     for spec in write_demo_suite(root / "data", sizes={"train": 24, "dev": 8, "test": 8}):
         registry.register_task(spec)
