@@ -46,12 +46,14 @@ def user_errors(fn):
     return wrapper
 
 
-def _quiet() -> None:
+def _quiet(training: bool = False) -> None:
     """Keep library chatter (Lightning tips, HF progress bars) out of the user's terminal."""
     import logging
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if training:
+        import lightning  # noqa: F401  (it sets its loggers' levels on import; override them after)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -91,10 +93,35 @@ def tasks_register(
     spec = build_spec(name, str(train), str(dev) if dev else None, str(test) if test else None, kind=kind,
                       text_fields=tuple(text_field), label_field=label_field,
                       labels=[l.strip() for l in labels.split(",")] if labels else None, description=description)
-    _registry(store).register_task(spec)
+    _quiet()
+    reg = _registry(store)
+    reg.register_task(spec)
     console.print(f"registered task [bold]{spec.name}[/bold]: {len(spec.labels)} labels "
                   f"({', '.join(spec.labels[:8])}{', …' if len(spec.labels) > 8 else ''}), "
                   f"data fingerprint {spec.fingerprint[:12]}")
+    _print_related(reg.related(spec.name, k=3), f"related registered tasks")
+
+
+def _print_related(related, title: str) -> None:
+    if not related:
+        console.print("no other registered task to compare with yet")
+        return
+    table = Table("task", "similarity", title=title)
+    for r in related:
+        table.add_row(r.task, f"{r.score:.3f}")
+    console.print(table)
+
+
+@tasks_app.command("related")
+@user_errors
+def tasks_related(
+    name: str,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many related tasks to list.", min=1)] = 3,
+    store: Store = None,
+):
+    """The registered tasks most similar to NAME (task embeddings in a FAISS index)."""
+    _quiet()
+    _print_related(_registry(store).related(name, k=k), f"tasks related to {name}")
 
 
 @tasks_app.command("list")
@@ -127,10 +154,11 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of TrainConfig settings.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = [],
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Hugging Face id or local path.")] = None,
+    init_from: Annotated[str, typer.Option("--init-from", help="Warm start: auto (nearest related task), TASK[:N|@ALIAS], or none.")] = "none",
     store: Store = None,
 ):
     """Train the task's adapter and register it as a new version."""
-    _quiet()
+    _quiet(training=True)
     from continual.config import TrainConfig
     from continual.train import train_task
     from registry.kinds import get_kind
@@ -138,7 +166,11 @@ def train(
     kind = get_kind(method)
     cfg = TrainConfig.load(config, set_, kind_fields=_kind_fields(kind))
     reg = _registry(store)
-    result = train_task(reg, name, cfg, method=method, base_model=base_model, show_progress=sys.stdout.isatty())
+    result = train_task(reg, name, cfg, method=method, base_model=base_model, show_progress=sys.stdout.isatty(),
+                        init_from=init_from)
+    if "parent_adapter" in result.version.tags:
+        console.print(f"warm-started from {result.version.tags['parent_adapter']} "
+                      f"(head {result.version.tags['warm_start_head']})")
     _print_result(result)
 
 
@@ -230,10 +262,38 @@ def predict(
         items += [line for line in input.read_text().splitlines() if line.strip()]
     if not items:
         raise ContinualError("no text to predict; give TEXT arguments or --input FILE")
-    predictor = _registry(store).load(task)
+    reg = _registry(store)
+    if task == "auto":  # no task name: the router picks each text's task
+        routes = [r[0] for r in reg.route(items)]
+        table = Table("text", "routed task", "route score", "label", "score", title="predict auto")
+        for text, route in zip(items, routes):
+            p = reg.load(route.task).predict([text])[0]
+            table.add_row(_short(text), route.task, f"{route.score:.3f}", p.label, f"{p.score:.3f}")
+        console.print(table)
+        return
+    predictor = reg.load(task)
     table = Table("text", "label", "score", title=f"{predictor.task}:{predictor.version}")
     for text, p in zip(items, predictor.predict(items)):
-        table.add_row(text if len(text) < 80 else text[:77] + "…", p.label, f"{p.score:.3f}")
+        table.add_row(_short(text), p.label, f"{p.score:.3f}")
+    console.print(table)
+
+
+def _short(text: str) -> str:
+    return text if len(text) < 80 else text[:77] + "…"
+
+
+@app.command("route")
+@user_errors
+def route(
+    texts: Annotated[list[str], typer.Argument(help="Texts to route to a registered task.")],
+    store: Store = None,
+):
+    """Which registered task each text belongs to, with the runner-up and the margin."""
+    _quiet()
+    table = Table("text", "task", "score", "runner-up", "margin")
+    for text, d in zip(texts, _registry(store).diagnose_routes(texts)):
+        table.add_row(_short(text), d.task, f"{d.score:.3f}", d.runner_up or "—",
+                      "—" if d.runner_up is None else f"{d.margin:.3f}")
     console.print(table)
 
 
@@ -242,7 +302,7 @@ def predict(
 @user_errors
 def demo(store: Store = None):
     """Register three built-in tasks, train an adapter for each, load them by name and predict."""
-    _quiet()
+    _quiet(training=True)
     from continual.demo import run_demo
 
     reg = _registry(store)
@@ -281,6 +341,33 @@ def ui(
            "--default-artifact-root", Path(reg.store.artifact_root).as_uri(), "--host", host, "--port", str(port)]
     console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command("run")
+@user_errors
+def run(
+    sequence: Annotated[Path, typer.Argument(help="Sequence file (YAML); see notebooks/sequence.example.yaml.")],
+    store: Store = None,
+):
+    """Train a task sequence, re-evaluating every earlier task after each one (forgetting, in MLflow)."""
+    _quiet(training=True)
+    from continual.sequence import run_sequence_file
+
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.1f}"
+
+    def on_row(i, task, matrix):
+        console.print(f"[bold]{i + 1}/{len(matrix.tasks)} {task}[/bold]: "
+                      + "  ".join(f"{t} {pct(v)}" for t, v in zip(matrix.tasks, matrix.R[i]) if v is not None))
+
+    result = run_sequence_file(_registry(store), sequence, show_progress=sys.stdout.isatty(), on_row=on_row)
+    table = Table("after \\ on", *result.matrix.tasks, title=f"accuracy matrix R (%): {result.spec.name}, "
+                                                             f"{result.spec.method}")
+    for task, row in zip(result.matrix.tasks, result.R):
+        table.add_row(task, *(pct(v) for v in row))
+    console.print(table)
+    console.print("  ".join(f"{k.upper()} {pct(v)}" for k, v in result.metrics.items())
+                  + f"  ({result.seconds:.0f}s, parent run {result.parent_run_id[:8]})")
 
 
 def main() -> None:

@@ -1,6 +1,4 @@
 """CLI: related tasks at registration, `tasks related`, `route`, `predict auto`, `train --init-from`."""
-import shutil
-
 import pytest
 from typer.testing import CliRunner
 
@@ -11,9 +9,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, _empty_store_template, tiny_base_dir):
-    root = tmp_path_factory.mktemp("cli-routing")
-    shutil.copy(_empty_store_template, root / "mlflow.db")
+def store(new_store, tiny_base_dir):
+    root = new_store("cli-routing")
     specs = write_demo_suite(root / "data", sizes={"train": 48, "dev": 8, "test": 8})
     outputs = []
     for spec in specs:
