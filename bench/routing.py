@@ -15,10 +15,13 @@ Measures, in one run on one machine:
 3. ``latency_ms`` / ``recall_at_1``: single-query latency (p50/p99) of :class:`registry.index.VectorIndex`
    and recall@1 against exact search at 1k, 100k and 1M synthetic 384-d task vectors, next to exact
    search latency (ratio in the same run), plus an HNSW efSearch sweep.
-4. ``warm_start``: warm- vs cold-start accuracy -- a hook for the training benchmark, see
-   :func:`warm_vs_cold_start`.
+4. ``warm_start``: a new task's test accuracy after training on 100 examples from scratch vs. from
+   its nearest related task's adapter (``init_from="auto"``): yelp after amazon, rte after mnli, in a
+   temporary store; see :func:`warm_vs_cold_start`.
 
-Writes ``--out`` (JSON) and the same path with suffix ``.md`` (Markdown tables).
+Writes ``--out`` (JSON) and the same path with suffix ``.md`` (Markdown tables). ``--only warm_start``
+runs part 4 alone and replaces only its key in an existing ``--out`` (e.g. to add it to a full run
+without rebuilding the 1M-vector index).
 """
 
 from __future__ import annotations
@@ -69,8 +72,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=None, help="queries per index size (default 1000; quick 500)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per input")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch / FAISS threads for batch work")
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="torch threads while training (warm start): small batches gain little from more, and on "
+                        "a shared CPU a second thread stalls (10 steps: 41 s with 2 threads, 5.5 s with 1)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache encoded vectors here (npz) between runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", choices=["warm_start"], default=None,
+                   help="run only this part and replace its key in --out, keeping the rest of an existing result")
     a = p.parse_args(argv)
     a.samples_per_task = a.samples_per_task or (200 if a.quick else 512)
     if a.test_per_task is None:
@@ -315,20 +323,156 @@ def scale_benchmark(sizes: list[int], n_queries: int, seed: int, d: int = 384) -
     return out
 
 
-# ---- hook: warm- vs cold-start ------------------------------------------------------------------
-def warm_vs_cold_start(args: argparse.Namespace, related: dict) -> dict:
-    """HOOK (to be filled by the training benchmark): accuracy of an adapter warm-started from the
-    top related task's adapter vs. a cold start, per task.
+# ---- warm- vs cold-start ------------------------------------------------------------------------
+# (new task, the source its warm start should pick): each source is the new task's leave-one-out
+# nearest task in the related table above, so `init_from="auto"` is expected to find it. Quick runs
+# the first pair only: it has to fit in 5 minutes with the rest, and mnli stays at chance on 300
+# examples there, so rte's gain would say nothing.
+WARM_PAIRS = (("yelp", "amazon"), ("rte", "mnli"))
+# Examples per split written to the temporary store (fixed subsamples, seed --seed) and the new
+# task's epochs: 100 examples are 7 steps an epoch, the same steps for both starts. No dev split: both
+# starts are scored on their last weights (a dev split would make KeepBestWeights pick an epoch, and
+# cost an evaluation per epoch).
+WARM_BUDGET = {
+    "full": {"source_train": 1000, "target_train": 100, "target_epochs": 3, "test": 500},
+    "quick": {"source_train": 300, "target_train": 100, "target_epochs": 3, "test": 200},
+}
+# TrainConfig of every run: the training benchmark's settings (bench/cl_benchmark.py COMMON). At
+# the default lr 1e-3, 19 steps left amazon at chance (0.225 on 5 classes), and a warm start from
+# an adapter that learned nothing measures nothing. bf16 autocast: fp32's accuracy (63.7 vs 63.3 in
+# the training benchmark) at 1.6x its speed on this CPU (avx512_bf16). Quick: 64 tokens, as there.
+WARM_CONFIG = {"precision": "bf16", "max_epochs": 1, "learning_rate": 5e-3, "batch_size": 16}
+WARM_QUICK = {"max_length": 64}
 
-    ``related["table"]`` holds each task's leave-one-out top-3 related tasks. Return a dict that
-    is stored under the JSON key ``warm_start`` (and shown in the Markdown), e.g.
-    ``{"per_task": {task: {"init_from": ..., "warm": acc, "cold": acc}}, "mean_gain": ...}``.
+
+def write_subsample(src: Path, dst: Path, n: int, seed: int) -> Path:
+    """The same `n` rows of `src` (jsonl) for a seed, in file order, written to `dst`."""
+    import random
+
+    rows = read_jsonl(src)
+    if n and n < len(rows):
+        rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return dst
+
+
+def register_subsampled(registry, args: argparse.Namespace, task: str, n_train: int, n_test: int, folder: Path) -> None:
+    """Register `task` from `n_train` / `n_test` rows of its files, copied into `folder`."""
+    from tasks.loaders import build_spec
+
+    files = {
+        split: write_subsample(args.data_dir / task / f"{split}.jsonl", folder / task / f"{split}.jsonl", n, args.seed)
+        for split, n in (("train", n_train), ("test", n_test))
+    }
+    labels_file = args.data_dir / task / "labels.json"
+    labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
+    registry.register_task(build_spec(task, **files, labels=labels))
+
+
+def warm_vs_cold_start(args: argparse.Namespace, related: dict | None) -> dict:
+    """Accuracy of a new task's LoRA adapter trained on a small budget from scratch (cold) and
+    from its nearest related task's adapter (warm, ``init_from="auto"``), per pair of WARM_PAIRS.
+
+    Everything happens in a temporary store: the tasks are registered from subsampled copies of
+    their files (so the registered test split *is* the evaluation subset and ``train_task``'s own
+    ``test_accuracy`` is the score; the task embedding comes from the training rows the task
+    has), each source's adapter is trained, then each new task twice with the same config and
+    seed. ``related`` (the leave-one-out table, None with ``--only warm_start`` and no earlier
+    result) only supplies the expected source.
     """
-    return {"status": "not measured: hook for the warm-start benchmark (bench/routing.py:warm_vs_cold_start)"}
+    import tempfile
+    import warnings
+
+    import torch
+
+    from continual.config import TrainConfig
+    from continual.train import train_task
+    from registry.registry import AdapterRegistry
+
+    budget = WARM_BUDGET["quick" if args.quick else "full"]
+    pairs = [(t, s) for t, s in WARM_PAIRS if (args.data_dir / t).is_dir() and (args.data_dir / s).is_dir()]
+    if not pairs:
+        return {"status": f"not measured: none of the pairs {WARM_PAIRS} is in {args.data_dir}"}
+    pairs = pairs[:1] if args.quick else pairs
+    overrides = {**WARM_CONFIG, **(WARM_QUICK if args.quick else {}), "seed": args.seed}
+    source_config = TrainConfig(**overrides)
+    target_config = source_config.replace(max_epochs=budget["target_epochs"])
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(args.train_threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="routing-warm-") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's "few workers / small log interval" notes
+            registry = AdapterRegistry(Path(tmp) / "store")
+            for _, source in pairs:
+                register_subsampled(registry, args, source, budget["source_train"], budget["test"], Path(tmp) / "data")
+            for target, _ in pairs:
+                register_subsampled(registry, args, target, budget["target_train"], budget["test"], Path(tmp) / "data")
+            register_s = time.perf_counter() - start
+            print(f"  registered {len(pairs) * 2} tasks in {register_s:.0f}s", flush=True)
+
+            sources = {}
+            for _, source in pairs:
+                t0 = time.perf_counter()
+                res = train_task(registry, source, source_config, method="lora", init_from="none")
+                sources[source] = {"train_examples": budget["source_train"], "steps": res.steps,
+                                   "test_accuracy": res.test_accuracy, "seconds": round(time.perf_counter() - t0, 1)}
+                print(f"  source {source}: test {res.test_accuracy:.3f} ({res.steps} steps, "
+                      f"{sources[source]['seconds']:.0f}s)", flush=True)
+
+            per_task = {}
+            for target, expected in pairs:
+                t0 = time.perf_counter()
+                cold = train_task(registry, target, target_config, method="lora", init_from="none")
+                warm = train_task(registry, target, target_config, method="lora", init_from="auto")
+                parent = warm.version.tags.get("parent_adapter")  # "amazon:1"; absent: auto fell back to cold
+                loo = (related or {}).get("table", {}).get(target)
+                per_task[target] = r = {
+                    "task": target,
+                    "source": parent.rsplit(":", 1)[0] if parent else None,
+                    "parent_adapter": parent,
+                    "warm_start_head": warm.version.tags.get("warm_start_head"),
+                    "expected_source": expected,
+                    "related_leave_one_out_top1": loo[0]["task"] if loo else None,
+                    # scores are relative to the store: with 2 tasks the only other one scores -1
+                    "related_in_store": [{"task": x.task, "score": round(x.score, 4)}
+                                         for x in registry.related(target)],
+                    "train_examples": budget["target_train"],
+                    "steps": cold.steps,
+                    "test_examples": budget["test"],
+                    "cold_accuracy": cold.test_accuracy,
+                    "warm_accuracy": warm.test_accuracy,
+                    "gain": warm.test_accuracy - cold.test_accuracy,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+                print(f"  {target}: cold {r['cold_accuracy']:.3f} warm {r['warm_accuracy']:.3f} (from {parent}, "
+                      f"head {r['warm_start_head']}) gain {r['gain']:+.3f} ({r['seconds']:.0f}s)", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "per_task": per_task,
+        "mean_gain": float(np.mean([r["gain"] for r in per_task.values()])),
+        "sources": sources,
+        "settings": {
+            "mode": "quick" if args.quick else "full",
+            "method": "lora",
+            "budget": budget,
+            "source_config": overrides,
+            "target_config": {**overrides, "max_epochs": budget["target_epochs"]},
+            "config": {k: getattr(source_config, k)
+                       for k in ("learning_rate", "batch_size", "r", "lora_alpha", "max_length")},
+            "torch_threads": args.train_threads,
+            "evaluation": "train_task's test_accuracy on the registered test subset (the same rows cold and warm)",
+        },
+        "register_seconds": round(register_s, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------
 def markdown(res: dict) -> str:
+    if "routing_accuracy" not in res:  # --only warm_start without an earlier result
+        return "\n".join(["# Routing benchmark", "", *warm_start_markdown(res["warm_start"]), ""])
     ra = res["routing_accuracy"]
     lines = [
         "# Routing benchmark",
@@ -363,8 +507,38 @@ def markdown(res: dict) -> str:
     lines += ["", "| task | 1 | 2 | 3 |", "|---|---|---|---|"]
     for t, row in rel["table"].items():
         lines.append(f"| {t} | " + " | ".join(f"{r['task']} ({r['score']:.2f})" for r in row) + " |")
-    lines += ["", "## Warm vs cold start", "", f"{json.dumps(res['warm_start'])}", ""]
+    lines += ["", *warm_start_markdown(res["warm_start"]), ""]
     return "\n".join(lines)
+
+
+def warm_start_markdown(ws: dict) -> list[str]:
+    lines = ["## Warm vs cold start", ""]
+    if "per_task" not in ws:
+        return lines + [ws.get("status", json.dumps(ws))]
+    st = ws["settings"]
+    budget, tc, c = st["budget"], st["target_config"], st["config"]
+    lines += [
+        f"{st['mode']} run, {ws['seconds']:.0f} s ({st['torch_threads']} torch thread). LoRA (r {c['r']}, "
+        f"lr {c['learning_rate']}, batch {c['batch_size']}, {tc['precision']}). Each source adapter trained on "
+        f"{budget['source_train']} examples for {st['source_config']['max_epochs']} epoch; each new task on "
+        f"{budget['target_train']} examples for {tc['max_epochs']} epochs, once from scratch (cold) and once with "
+        f"`init_from=\"auto\"` (warm), same seed and steps, last weights (no dev split); test accuracy on the "
+        f"same {budget['test']} test examples, {c['max_length']} tokens.",
+        "",
+        "| task | source picked (head) | source test acc | examples | steps | cold | warm | gain | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t, r in ws["per_task"].items():
+        src = ws["sources"].get(r["source"] or "", {})
+        acc = f"{src['test_accuracy']:.3f}" if src else "—"
+        picked = f"{r['parent_adapter'] or 'none (cold)'} ({r['warm_start_head']})"
+        lines.append(
+            f"| {t} | {picked} | {acc} | {r['train_examples']} | {r['steps']} | {r['cold_accuracy']:.3f} | "
+            f"{r['warm_accuracy']:.3f} | {r['gain']:+.3f} | {r['seconds']:.0f} |"
+        )
+    lines += ["", f"Mean gain {ws['mean_gain']:+.3f}. Head 'copied' = identical label sets (the source's classifier "
+              "is reused), 'fresh' = only the LoRA weights carry over."]
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -374,6 +548,8 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
+    if args.only == "warm_start":
+        return only_warm_start(args, start)
 
     model_path = args.model
     if model_path is None:
@@ -411,6 +587,8 @@ def main(argv=None) -> dict:
         print(f"  {t}: " + ", ".join(f"{r['task']} ({r['score']:.2f})" for r in row), flush=True)
     print("index scale ...", flush=True)
     scale = scale_benchmark(args.sizes, args.queries, args.seed)
+    print("warm vs cold start ...", flush=True)
+    warm = warm_vs_cold_start(args, related)
 
     res = {
         "routing_accuracy": {k: ra[k] for k in ("strict", "merged", "per_task")},
@@ -420,7 +598,7 @@ def main(argv=None) -> dict:
         "recall_at_1": {n: v["recall_at_1"] for n, v in scale.items()},
         "scale": scale,
         "related": related,
-        "warm_start": warm_vs_cold_start(args, related),
+        "warm_start": warm,
         "settings": {
             "mode": "quick" if args.quick else "full",
             "model": model_path,
@@ -442,11 +620,26 @@ def main(argv=None) -> dict:
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }
     res["seconds"] = time.perf_counter() - start
+    write_result(args, res)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({res['seconds']:.0f}s)", flush=True)
+    return res
+
+
+def only_warm_start(args: argparse.Namespace, start: float) -> dict:
+    """`--only warm_start`: measure part 4 and put it into `--out`, keeping whatever else is there."""
+    res = json.loads(args.out.read_text()) if args.out.exists() else {}
+    print("warm vs cold start ...", flush=True)
+    res["warm_start"] = warm_vs_cold_start(args, res.get("related"))
+    write_result(args, res)
+    print(f"wrote warm_start into {args.out} and {args.out.with_suffix('.md')} "
+          f"({time.perf_counter() - start:.0f}s)", flush=True)
+    return res
+
+
+def write_result(args: argparse.Namespace, res: dict) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     args.out.with_suffix(".md").write_text(markdown(res))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({res['seconds']:.0f}s)", flush=True)
-    return res
 
 
 if __name__ == "__main__":
