@@ -345,8 +345,9 @@ WARM_CONFIG = {"precision": "bf16", "max_epochs": 1, "learning_rate": 5e-3, "bat
 WARM_QUICK = {"max_length": 64}
 
 
-def write_subsample(src: Path, dst: Path, n: int, seed: int) -> Path:
-    """The same `n` rows of `src` (jsonl) for a seed, in file order, written to `dst`."""
+def write_subsample(src: Path, dst: Path, n: int, seed: int) -> int:
+    """Write the same `n` rows of `src` (jsonl) for a seed, in file order, to `dst`; returns the rows
+    written (all of them when the file has fewer: rte's test split has 277)."""
     import random
 
     rows = read_jsonl(src)
@@ -354,20 +355,23 @@ def write_subsample(src: Path, dst: Path, n: int, seed: int) -> Path:
         rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return dst
+    return len(rows)
 
 
-def register_subsampled(registry, args: argparse.Namespace, task: str, n_train: int, n_test: int, folder: Path) -> None:
-    """Register `task` from `n_train` / `n_test` rows of its files, copied into `folder`."""
+def register_subsampled(registry, args: argparse.Namespace, task: str, n_train: int, n_test: int,
+                        folder: Path) -> dict[str, int]:
+    """Register `task` from `n_train` / `n_test` rows of its files, copied into `folder`; returns the
+    rows per split."""
     from tasks.loaders import build_spec
 
-    files = {
-        split: write_subsample(args.data_dir / task / f"{split}.jsonl", folder / task / f"{split}.jsonl", n, args.seed)
-        for split, n in (("train", n_train), ("test", n_test))
-    }
+    files, rows = {}, {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        files[split] = folder / task / f"{split}.jsonl"
+        rows[split] = write_subsample(args.data_dir / task / f"{split}.jsonl", files[split], n, args.seed)
     labels_file = args.data_dir / task / "labels.json"
     labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
     registry.register_task(build_spec(task, **files, labels=labels))
+    return rows
 
 
 def warm_vs_cold_start(args: argparse.Namespace, related: dict | None) -> dict:
@@ -403,11 +407,11 @@ def warm_vs_cold_start(args: argparse.Namespace, related: dict | None) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="routing-warm-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Lightning's "few workers / small log interval" notes
-            registry = AdapterRegistry(Path(tmp) / "store")
-            for _, source in pairs:
-                register_subsampled(registry, args, source, budget["source_train"], budget["test"], Path(tmp) / "data")
-            for target, _ in pairs:
-                register_subsampled(registry, args, target, budget["target_train"], budget["test"], Path(tmp) / "data")
+            registry, data = AdapterRegistry(Path(tmp) / "store"), Path(tmp) / "data"
+            rows = {s: register_subsampled(registry, args, s, budget["source_train"], budget["test"], data)
+                    for _, s in pairs}
+            rows |= {t: register_subsampled(registry, args, t, budget["target_train"], budget["test"], data)
+                     for t, _ in pairs}
             register_s = time.perf_counter() - start
             print(f"  registered {len(pairs) * 2} tasks in {register_s:.0f}s", flush=True)
 
@@ -415,7 +419,7 @@ def warm_vs_cold_start(args: argparse.Namespace, related: dict | None) -> dict:
             for _, source in pairs:
                 t0 = time.perf_counter()
                 res = train_task(registry, source, source_config, method="lora", init_from="none")
-                sources[source] = {"train_examples": budget["source_train"], "steps": res.steps,
+                sources[source] = {"train_examples": rows[source]["train"], "steps": res.steps,
                                    "test_accuracy": res.test_accuracy, "seconds": round(time.perf_counter() - t0, 1)}
                 print(f"  source {source}: test {res.test_accuracy:.3f} ({res.steps} steps, "
                       f"{sources[source]['seconds']:.0f}s)", flush=True)
@@ -437,9 +441,9 @@ def warm_vs_cold_start(args: argparse.Namespace, related: dict | None) -> dict:
                     # scores are relative to the store: with 2 tasks the only other one scores -1
                     "related_in_store": [{"task": x.task, "score": round(x.score, 4)}
                                          for x in registry.related(target)],
-                    "train_examples": budget["target_train"],
+                    "train_examples": rows[target]["train"],
                     "steps": cold.steps,
-                    "test_examples": budget["test"],
+                    "test_examples": rows[target]["test"],
                     "cold_accuracy": cold.test_accuracy,
                     "warm_accuracy": warm.test_accuracy,
                     "gain": warm.test_accuracy - cold.test_accuracy,
@@ -523,17 +527,17 @@ def warm_start_markdown(ws: dict) -> list[str]:
         f"{budget['source_train']} examples for {st['source_config']['max_epochs']} epoch; each new task on "
         f"{budget['target_train']} examples for {tc['max_epochs']} epochs, once from scratch (cold) and once with "
         f"`init_from=\"auto\"` (warm), same seed and steps, last weights (no dev split); test accuracy on the "
-        f"same {budget['test']} test examples, {c['max_length']} tokens.",
+        f"same test examples (n: up to {budget['test']} per task), {c['max_length']} tokens.",
         "",
-        "| task | source picked (head) | source test acc | examples | steps | cold | warm | gain | seconds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| task | source picked (head) | source test acc | examples | steps | n | cold | warm | gain | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t, r in ws["per_task"].items():
         src = ws["sources"].get(r["source"] or "", {})
         acc = f"{src['test_accuracy']:.3f}" if src else "—"
         picked = f"{r['parent_adapter'] or 'none (cold)'} ({r['warm_start_head']})"
         lines.append(
-            f"| {t} | {picked} | {acc} | {r['train_examples']} | {r['steps']} | {r['cold_accuracy']:.3f} | "
+            f"| {t} | {picked} | {acc} | {r['train_examples']} | {r['steps']} | {r['test_examples']} | {r['cold_accuracy']:.3f} | "
             f"{r['warm_accuracy']:.3f} | {r['gain']:+.3f} | {r['seconds']:.0f} |"
         )
     lines += ["", f"Mean gain {ws['mean_gain']:+.3f}. Head 'copied' = identical label sets (the source's classifier "

@@ -12,7 +12,8 @@ from tasks.demo import write_demo_suite
 from tasks.spec import TaskSpec
 
 # Demo settings: the built-in tasks are small, so a few epochs at the default LR learn them well.
-DEMO_CONFIG = TrainConfig(max_epochs=3, early_stopping_patience=1)
+# bf16 autocast: ~1.6x faster on CPUs with AMX at equal accuracy (bench/cl_benchmark.py measured it).
+DEMO_CONFIG = TrainConfig(max_epochs=3, early_stopping_patience=1, precision="bf16")
 
 
 @dataclass
