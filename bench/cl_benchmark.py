@@ -52,7 +52,7 @@ class Row:
     name: str
     method: str
     config: dict = field(default_factory=dict)
-    needs_kind: str | None = None  # skipped (with a note) when registry.kinds lacks it
+    needs_kind: str | None = None  # skipped (with a note) when modeling.kinds lacks it
     note: str = ""
 
 
@@ -144,7 +144,7 @@ def markdown(report: dict) -> str:
         f"{s['config']['max_epochs']} epoch, batch {s['config']['batch_size']}, lr {s['config']['learning_rate']:g}, "
         f"max_length {s['config']['max_length']}, precision {s['config']['precision']}; {s['threads']} torch "
         f"thread(s) on {s['cpu_count']} CPU cores{' (--quick)' if s['quick'] else ''}. All rows in one run on one "
-        f"machine. Accuracies in %, BWT/FWT/forgetting in points (DESIGN.md definitions).",
+        f"machine. Accuracies in %, BWT/FWT/forgetting in points (docs/design.md definitions).",
         "",
         "| method | ACC | BWT | FWT | forgetting | seconds | notes |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     from continual.sequence import SequenceSpec  # noqa: F401  (fail early on a broken install)
     from registry import AdapterRegistry
-    from registry.base_model import DEFAULT_BASE_MODEL
-    from registry.kinds import KINDS
+    from modeling.base_model import DEFAULT_BASE_MODEL
+    from modeling.kinds import KINDS
 
     rows = ROWS
     if args.methods:

@@ -4,7 +4,7 @@
 
 Measures, in one run on one machine:
 
-1. ``routing_accuracy``: every test input of every task routed by :class:`registry.routing.TaskRouter`
+1. ``routing_accuracy``: every test input of every task routed by :class:`retrieval.routing.TaskRouter`
    (built from a fixed sample of each task's training inputs) must land on its own task. Reported
    strictly and with tasks of identical label sets (amazon/yelp) counting each other as right,
    per task and averaged over tasks. Side by side, the alternatives on the same vectors
@@ -12,7 +12,7 @@ Measures, in one run on one machine:
    router), kNN vote over instance vectors in FAISS, unwhitened layer-4 centroids, whitened last layer.
 2. ``related``: leave-one-out related tasks; each task is embedded against a router holding only
    the other tasks, and its top 3 are listed.
-3. ``latency_ms`` / ``recall_at_1``: single-query latency (p50/p99) of :class:`registry.index.VectorIndex`
+3. ``latency_ms`` / ``recall_at_1``: single-query latency (p50/p99) of :class:`retrieval.index.VectorIndex`
    and recall@1 against exact search at 1k, 100k and 1M synthetic 384-d task vectors, next to exact
    search latency (ratio in the same run), plus an HNSW efSearch sweep.
 4. ``warm_start``: a new task's test accuracy after training on 100 examples from scratch vs. from
@@ -38,15 +38,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from registry.embeddings import (  # noqa: E402
+from retrieval.profiles import (  # noqa: E402
     default_routing_layer,
     encode_layers,
     label_embedding,
     normalize,
     sample_texts,
 )
-from registry.index import IndexConfig, VectorIndex, set_num_threads  # noqa: E402
-from registry.routing import RouterConfig, TaskRouter  # noqa: E402
+from retrieval.index import IndexConfig, VectorIndex, set_num_threads  # noqa: E402
+from retrieval.routing import RouterConfig, TaskRouter  # noqa: E402
 
 # Tasks whose label sets are identical: an input of one routed to the other is "right" in the
 # merged score (the same adapter could serve both).
@@ -123,7 +123,7 @@ class Encoder:
             if path.exists():
                 return np.load(path)["x"]
         t0 = time.perf_counter()
-        x = encode_layers(self.model, self.tokenizer, texts, self.layers, max_length=self.max_length, bf16=True)
+        x = encode_layers(self.model, self.tokenizer, texts, self.layers, max_length=self.max_length)
         self.seconds += time.perf_counter() - t0
         self.count += len(texts)
         if path is not None:
@@ -236,7 +236,7 @@ def related_benchmark(tasks, train_vecs, labels, R: int, layer: int, k: int = 3)
         for t in tasks:
             if t != x:
                 router.add_task(t, train_vecs[t][:, R], label_vector=labels[t])
-        rel = router.related(router.embed_task(train_vecs[x][:, R], labels[x]), k=k)
+        rel = router.related(router.profile_task(train_vecs[x][:, R], labels[x]), k=k)
         table[x] = [{"task": r.task, "score": round(r.score, 4)} for r in rel]
         if x in FAMILIES and any(FAMILIES.get(t) == FAMILIES[x] for t in tasks if t != x):
             scored += 1
@@ -380,7 +380,7 @@ def warm_vs_cold_start(args: argparse.Namespace, related: dict | None) -> dict:
 
     Everything happens in a temporary store: the tasks are registered from subsampled copies of
     their files (so the registered test split *is* the evaluation subset and ``train_task``'s own
-    ``test_accuracy`` is the score; the task embedding comes from the training rows the task
+    ``test_accuracy`` is the score; the task profile comes from the training rows the task
     has), each source's adapter is trained, then each new task twice with the same config and
     seed. ``related`` (the leave-one-out table, None with ``--only warm_start`` and no earlier
     result) only supplies the expected source.

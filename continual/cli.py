@@ -119,7 +119,7 @@ def tasks_related(
     k: Annotated[int, typer.Option("-k", "--k", help="How many related tasks to list.", min=1)] = 3,
     store: Store = None,
 ):
-    """The registered tasks most similar to NAME (task embeddings in a FAISS index)."""
+    """The registered tasks most similar to NAME (task profiles in a FAISS index)."""
     _quiet()
     _print_related(_registry(store).related(name, k=k), f"tasks related to {name}")
 
@@ -161,16 +161,18 @@ def train(
     _quiet(training=True)
     from continual.config import TrainConfig
     from continual.train import train_task
-    from registry.kinds import get_kind
+    from modeling.kinds import get_kind
 
     kind = get_kind(method)
     cfg = TrainConfig.load(config, set_, kind_fields=_kind_fields(kind))
     reg = _registry(store)
     result = train_task(reg, name, cfg, method=method, base_model=base_model, show_progress=sys.stdout.isatty(),
                         init_from=init_from)
-    if "parent_adapter" in result.version.tags:
-        console.print(f"warm-started from {result.version.tags['parent_adapter']} "
-                      f"(head {result.version.tags['warm_start_head']})")
+    from registry import tags as T
+
+    if T.PARENT_ADAPTER in result.version.tags:
+        console.print(f"warm-started from {result.version.tags[T.PARENT_ADAPTER]} "
+                      f"(head {result.version.tags[T.WARM_START_HEAD]})")
     _print_result(result)
 
 
@@ -336,9 +338,9 @@ def ui(
     reg = _registry(store)
     if reg.tracking_uri.startswith("http"):
         raise ContinualError(f"the store is the MLflow server {reg.tracking_uri}; open it in a browser instead")
-    reg.store.experiment_id  # creates the database if it does not exist yet
+    reg.tasks()  # creates the database if it does not exist yet
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", reg.tracking_uri,
-           "--default-artifact-root", Path(reg.store.artifact_root).as_uri(), "--host", host, "--port", str(port)]
+           "--default-artifact-root", (reg.local_root / "artifacts").as_uri(), "--host", host, "--port", str(port)]
     console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(cmd))
 

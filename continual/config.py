@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeling.hardware import PRECISIONS, resolve_precision
 from tasks.errors import ContinualError
 
 
@@ -17,7 +18,6 @@ class ConfigError(ContinualError):
 
 OPTIMIZERS = ("adamw", "lion", "sgd")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-PRECISIONS = ("32", "bf16", "16")
 
 
 @dataclass
@@ -33,7 +33,8 @@ class TrainConfig:
     lr_schedule: str = "linear"  # constant | linear | cosine decay after warm-up
     grad_clip_norm: float = 1.0  # clip the global grad norm to this (0: off)
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step
-    precision: str = "32"  # 32 | bf16 (bf16 autocast, fast on CPUs with AMX) | 16 (GPU only)
+    precision: str = "auto"  # auto (bf16 where the hardware does it natively, else 32) | 32 | bf16 | 16 (GPU only)
+    num_threads: int = 0  # torch intra-op threads (0: torch's own choice)
     early_stopping_patience: int = 0  # stop after this many dev evaluations without improvement (0: off)
     eval_every_n_steps: int = 0  # evaluate dev every N steps as well as each epoch (0: per epoch only)
     seed: int = 0  # seeds torch, numpy, python and data order
@@ -63,6 +64,7 @@ class TrainConfig:
             (self.grad_clip_norm >= 0, "grad_clip_norm", "a number >= 0 (0 turns clipping off)"),
             (self.accumulate_grad_batches >= 1, "accumulate_grad_batches", "an integer >= 1"),
             (str(self.precision) in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
+            (self.num_threads >= 0, "num_threads", "an integer >= 0 (0: torch's choice)"),
             (self.early_stopping_patience >= 0, "early_stopping_patience", "an integer >= 0 (0: off)"),
             (self.eval_every_n_steps >= 0, "eval_every_n_steps", "an integer >= 0"),
             (self.max_length >= 8, "max_length", "an integer >= 8"),
@@ -81,6 +83,11 @@ class TrainConfig:
         parse_unfreeze_schedule(self.unfreeze_schedule)  # one-line error for a bad spec
         if isinstance(self.target_modules, str):
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+    @property
+    def resolved_precision(self) -> str:
+        """The precision this machine trains and evaluates in: `auto` resolved (32 or bf16)."""
+        return resolve_precision(self.precision)
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod

@@ -12,8 +12,9 @@ from tasks.demo import write_demo_suite
 from tasks.spec import TaskSpec
 
 # Demo settings: the built-in tasks are small, so a few epochs at the default LR learn them well.
-# bf16 autocast: ~1.6x faster on CPUs with AMX at equal accuracy (bench/cl_benchmark.py measured it).
-DEMO_CONFIG = TrainConfig(max_epochs=3, early_stopping_patience=1, precision="bf16")
+# precision "auto": bf16 autocast where the CPU/GPU does bf16 natively (AMX: ~1.6x faster at equal
+# accuracy), fp32 where bf16 would be emulated (AVX2-only CPUs: ~100x slower than fp32).
+DEMO_CONFIG = TrainConfig(max_epochs=3, early_stopping_patience=1, precision="auto")
 
 
 @dataclass
@@ -24,8 +25,8 @@ class DemoResult:
 
 def demo_data_dir(registry: AdapterRegistry) -> Path:
     """Next to a local store (so the tasks' files outlive the demo), else a temporary folder."""
-    if registry.store.artifact_root is not None:
-        return Path(registry.store.artifact_root).parent / "demo-data"
+    if registry.local_root is not None:
+        return registry.local_root / "demo-data"
     return Path(tempfile.mkdtemp(prefix="continual-demo-"))
 
 

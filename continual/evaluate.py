@@ -6,26 +6,26 @@ from typing import Sequence
 import torch
 
 from continual.data import EncodedDataset, make_loader
-from registry.model import AdapterModel
+from modeling.hardware import autocast
+from modeling.model import AdapterModel
 from tasks.loaders import Example
 
 
 @torch.no_grad()
 def predict_ids(model: AdapterModel, slot: str, tokenizer, examples: Sequence[Example], max_length: int = 128,
-                batch_size: int = 64, precision: str = "32", progress=None) -> list[int]:
+                batch_size: int = 64, precision: str = "auto", progress=None) -> list[int]:
     labels = model.slots[slot].labels
     # Unknown labels can't be scored; evaluation data was validated against the label set already.
     dataset = EncodedDataset(examples, tokenizer, labels, max_length)
     was_training = model.training
     model.eval()
     out: list[int] = []
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     device = next(model.parameters()).device
     try:
         for batch in make_loader(dataset, tokenizer, batch_size, shuffle=False):
             batch.pop("labels")
             batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
+            with autocast(precision, device.type):
                 logits = model(slot, **batch)
             out += logits.argmax(-1).tolist()
             if progress is not None:

@@ -1,4 +1,4 @@
-"""Continual-learning metrics: plain numpy functions of an accuracy matrix (DESIGN.md, "Forgetting metrics").
+"""Continual-learning metrics: plain numpy functions of an accuracy matrix (docs/design.md, "Forgetting metrics").
 
 `R[i][j]` is the accuracy on task j after training through the i-th task of a sequence of T tasks
 (0-based); `b[j]` the accuracy on task j with its adapter and head freshly initialised, before any

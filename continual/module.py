@@ -1,7 +1,8 @@
-"""The LightningModule that trains one slot (adapter + head) of an `AdapterModel`.
+"""The LightningModules that train slots (adapter + head) of an `AdapterModel`.
 
-Kept apart from the model (Lightning style guide): the nn.Module is `registry.model.AdapterModel`,
-this class only says how to train it.  `forward` is inference.
+Kept apart from the model (Lightning style guide): the nn.Module is `modeling.model.AdapterModel`,
+these classes only say how to train it.  `forward` is inference.  `SlotTraining` is the base that
+`AdapterClassifier` (one task) and `continual.methods.mixed_batches.MultiTaskClassifier` share.
 """
 from __future__ import annotations
 
@@ -11,21 +12,45 @@ import torch.nn.functional as F
 
 from continual.config import TrainConfig
 from continual.optim import build_optimizer, build_scheduler, param_groups
-from registry.model import AdapterModel
+from modeling.model import AdapterModel
 
 
-class AdapterClassifier(L.LightningModule):
-    def __init__(self, model: AdapterModel, slot: str, config: TrainConfig, total_steps: int,
-                 extra_loss=None):
+class SlotTraining(L.LightningModule):
+    """What every training module shares: the parameters it trains, and the optimizer and LR schedule
+    built over them from the config."""
+
+    def __init__(self, model: AdapterModel, config: TrainConfig, total_steps: int, extra_loss=None):
         super().__init__()
         self.model = model
-        self.slot = slot
         self.config = config
         self.total_steps = total_steps
         # Optional regulariser (e.g. EWC's penalty): a callable () -> scalar tensor added to the loss.
         self.extra_loss = extra_loss
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        trainable = {id(p) for p in self.trainable_parameters()}
+        named = [(n, p) for n, p in self.model.named_parameters() if id(p) in trainable]
+        optimizer = build_optimizer(param_groups(named, self.config.learning_rate, self.config.weight_decay),
+                                    self.config)
+        scheduler = build_scheduler(optimizer, self.config, self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class AdapterClassifier(SlotTraining):
+    """Trains one slot (adapter + head) on one task's batches."""
+
+    def __init__(self, model: AdapterModel, slot: str, config: TrainConfig, total_steps: int,
+                 extra_loss=None):
+        super().__init__(model, config, total_steps, extra_loss)
+        self.slot = slot
         self._correct = 0
         self._seen = 0
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.model.trainable_parameters(self.slot)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         return self.model(self.slot, input_ids, attention_mask, **extra)  # (B, num_labels)
@@ -55,13 +80,6 @@ class AdapterClassifier(L.LightningModule):
         # Accuracy over the whole dev split, not a mean of per-batch accuracies.
         self.log("dev/accuracy", self._correct / max(self._seen, 1), prog_bar=True)
 
-    def configure_optimizers(self):
-        trainable = {id(p) for p in self.model.trainable_parameters(self.slot)}
-        named = [(n, p) for n, p in self.model.named_parameters() if id(p) in trainable]
-        optimizer = build_optimizer(param_groups(named, self.config.learning_rate, self.config.weight_decay),
-                                    self.config)
-        scheduler = build_scheduler(optimizer, self.config, self.total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class KeepBestWeights(L.Callback):
@@ -76,14 +94,14 @@ class KeepBestWeights(L.Callback):
         self.best_step: int = -1
         self._snapshot: dict[int, torch.Tensor] | None = None
 
-    def _params(self, module: AdapterClassifier) -> list[torch.nn.Parameter]:
-        params = module.model.trainable_parameters(module.slot)
+    def _params(self, module: SlotTraining) -> list[torch.nn.Parameter]:
+        params = list(module.trainable_parameters())
         if self.include_encoder:
             seen = {id(p) for p in params}
             params += [p for p in module.model.encoder.parameters() if id(p) not in seen]
         return params
 
-    def on_validation_end(self, trainer: L.Trainer, module: AdapterClassifier) -> None:
+    def on_validation_end(self, trainer: L.Trainer, module: SlotTraining) -> None:
         if trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.monitor)
@@ -94,7 +112,7 @@ class KeepBestWeights(L.Callback):
             self.best, self.best_step = value, trainer.global_step
             self._snapshot = {i: p.detach().clone() for i, p in enumerate(self._params(module))}
 
-    def on_train_end(self, trainer: L.Trainer, module: AdapterClassifier) -> None:
+    def on_train_end(self, trainer: L.Trainer, module: SlotTraining) -> None:
         if self._snapshot is None:
             return
         with torch.no_grad():

@@ -1,7 +1,7 @@
 """Task sequences with forgetting tracking: `continual run SEQUENCE.yaml`.
 
 A sequence trains its tasks one after another in ONE `AdapterModel` (shared parts really shared) and,
-after each task, re-evaluates every task seen so far, filling the accuracy matrix R (DESIGN.md,
+after each task, re-evaluates every task seen so far, filling the accuracy matrix R (docs/design.md,
 "Forgetting metrics"; the metrics themselves are `continual.metrics`).  The file format is documented
 in `notebooks/sequence.example.yaml`.  Before anything trains, `b[j]` is measured for every task: the
 accuracy of task j's freshly initialised slot (adapter + head, seeded exactly as its training will
@@ -16,7 +16,8 @@ step i, and the artifacts `accuracy_matrix.json` and `accuracy_matrix.png`, rewr
 Task-agnostic evaluation (`task_agnostic: true`): each test example is predicted without its task name.
 A `Router` picks a task per text and the example counts as correct when the routed task's head outputs
 the gold label string; texts routed to a task that has no trained slot yet count as wrong.  The built-in
-router is the oracle (the true task); `registry.routing` can plug in through `run_sequence(router=...)`.
+router is the store's FAISS task router (`router: index`, the default); `router: oracle` routes every text to
+its true task (the upper bound), and any `Router` can plug in through `run_sequence(router=...)`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from continual.data import subsample
+from registry import tags as T
 from tasks.errors import ContinualError
 
 if TYPE_CHECKING:
@@ -244,111 +247,142 @@ def run_sequence(registry: "AdapterRegistry", spec: SequenceSpec, show_progress:
                  router: Router | None = None,
                  on_row: Callable[[int, str, AccuracyMatrix], None] | None = None) -> SequenceResult:
     """Train `spec.tasks` in order with `spec.method`, filling and logging the accuracy matrix."""
-    from continual.data import subsample
-    from continual.methods import SequenceContext, make_method
-    from continual.train import load_task_data
-    from registry.base_model import load_base_model
-    from registry.model import AdapterModel
+    return SequenceRunner(registry, spec, show_progress, router, on_row).run()
 
-    started = time.perf_counter()
-    spec.check_tasks(t.name for t in registry.tasks())
-    config = spec.train_config()
-    method = make_method(spec.method, config.kind_options)
-    data = {t: load_task_data(registry.task(t)) for t in spec.tasks}
-    for t in spec.tasks:
-        if not data[t].test:
-            raise SequenceError(f"task '{t}' has no test split, which the accuracy matrix needs; register it "
-                                f"again with --test FILE")
-    evals = {t: subsample(data[t].test, spec.eval_limit, EVAL_SEED) for t in spec.tasks}
-    if not spec.task_agnostic:
-        router = None  # task-aware: every example is predicted with its own task's slot
-    elif router is None and spec.router == "index":
-        router = IndexRouter(registry)
-    elif router is None:
-        truth: dict[str, str] = {}
+
+class SequenceRunner:
+    """One sequence, in named steps: prepare the data and the model, measure b (fresh slots), train the
+    tasks in order (or jointly) filling R row by row, log everything to the parent run."""
+
+    def __init__(self, registry: "AdapterRegistry", spec: SequenceSpec, show_progress: bool = False,
+                 router: Router | None = None, on_row: Callable[[int, str, AccuracyMatrix], None] | None = None):
+        from continual.methods import make_method
+        from continual.train import load_task_data
+
+        self.started = time.perf_counter()
+        self.registry, self.spec, self.show_progress, self.on_row = registry, spec, show_progress, on_row
+        spec.check_tasks(t.name for t in registry.tasks())
+        self.config = spec.train_config()
+        self.method = make_method(spec.method, self.config.kind_options)
+        self.data = {t: load_task_data(registry.task(t)) for t in spec.tasks}
         for t in spec.tasks:
-            for e in evals[t]:
+            if not self.data[t].test:
+                raise SequenceError(f"task '{t}' has no test split, which the accuracy matrix needs; register it "
+                                    f"again with --test FILE")
+        self.evals = {t: subsample(self.data[t].test, spec.eval_limit, EVAL_SEED) for t in spec.tasks}
+        self.router = self._choose_router(router)
+        self.matrix = AccuracyMatrix(list(spec.tasks))
+        self.history: list[dict[str, float | None]] = []
+        self.train_seconds = 0.0
+        self.eval_kwargs = dict(max_length=self.config.max_length, batch_size=self.config.eval_batch_size,
+                                precision=self.config.resolved_precision)
+
+    def _choose_router(self, router: Router | None) -> Router | None:
+        if not self.spec.task_agnostic:
+            return None  # task-aware: every example is predicted with its own task's slot
+        if router is not None:
+            return router
+        if self.spec.router == "index":
+            return IndexRouter(self.registry)
+        truth: dict[str, str] = {}
+        for t in self.spec.tasks:
+            for e in self.evals[t]:
                 truth.setdefault(e.text, t)
-        router = OracleRouter(truth)
-    base = load_base_model(spec.base_model)
-    # A private copy of the base weights (as train_task's build_model): adapters attach in place, and a
-    # sequence's shared parts (or base layers it unfreezes) must not leak into anything else in the process.
-    model = AdapterModel(base.fresh_encoder())
-    store = registry.store
-    T = len(spec.tasks)
-    parent = store.start_run(f"sequence-{spec.name}", {
-        "continual.sequence": spec.name, "continual.method": spec.method,
-        "continual.registered": str(method.registers).lower(), "continual.registration": method.registration,
-        "continual.task_agnostic": str(spec.task_agnostic).lower(),
-    })
-    ctx = SequenceContext(registry, base, model, config, data, list(spec.tasks), spec.name, spec.method, parent,
-                          spec.base_model, show_progress)
-    matrix = AccuracyMatrix(list(spec.tasks))
-    history: list[dict[str, float | None]] = []
-    train_seconds = 0.0
-    eval_kwargs = dict(max_length=config.max_length, batch_size=config.eval_batch_size, precision=config.precision)
+        return OracleRouter(truth)
 
-    def evaluate(task: str, available: set[str]) -> float:
-        return _accuracy(model, base.tokenizer, evals[task], task, available, router, eval_kwargs)
+    # -- the steps ----------------------------------------------------------------------------------------
+    def run(self) -> SequenceResult:
+        from continual.methods import SequenceContext
+        from continual.train import run_params
+        from modeling.base_model import load_base_model
+        from modeling.model import AdapterModel
 
-    def probe(task: str, available: set[str]) -> float:
-        """Accuracy of `task`'s fresh slot, as its training would start it; the model is left as it was."""
-        method.add_slot(ctx, task)
+        spec, T_ = self.spec, len(self.spec.tasks)
+        self.base = load_base_model(spec.base_model)
+        # A private copy of the base weights (as train_task's build_model): adapters attach in place, and a
+        # sequence's shared parts (or base layers it unfreezes) must not leak into anything else in the process.
+        self.model = AdapterModel(self.base.fresh_encoder())
+        tags = {T.SEQUENCE: spec.name, T.METHOD: spec.method, T.REGISTERED: str(self.method.registers).lower(),
+                T.REGISTRATION: self.method.registration, T.TASK_AGNOSTIC: str(spec.task_agnostic).lower()}
         try:
-            return evaluate(task, available | {task})
+            with self.registry.run(f"sequence-{spec.name}", tags) as parent:
+                self.parent = parent
+                parent.log_params({**run_params(self.config, self.base, self.data[spec.tasks[0]].spec),
+                                   "tasks": ",".join(spec.tasks), "method": spec.method,
+                                   "eval_limit": spec.eval_limit, "task_agnostic": spec.task_agnostic})
+                self.ctx = SequenceContext(self.registry, self.base, self.model, self.config, self.data,
+                                           list(spec.tasks), spec.name, spec.method, parent.run_id,
+                                           spec.base_model, self.show_progress)
+                self.measure_baselines()
+                if self.method.joint:
+                    self.train_jointly()
+                else:
+                    for i, task in enumerate(spec.tasks):
+                        self.train_step(i, task)
+                final = self.matrix.metrics_at(T_ - 1)
+                parent.log_metrics({f"final/{k}": v for k, v in final.items() if v is not None}, step=T_ - 1)
         finally:
-            model.remove_slot(task)
+            self.model.activate(None)  # hooks of shared kinds stay quiet if anything else runs this encoder
+        return SequenceResult(spec, self.matrix, final, self.history, parent.run_id,
+                              time.perf_counter() - self.started, self.train_seconds, self.method.registration,
+                              self.model)
 
-    def log_row(i: int) -> None:
-        row_metrics = matrix.metrics_at(i)
-        history.append(row_metrics)
-        store.log_metrics(parent, {f"acc/{t}": matrix.R[i][j] for j, t in enumerate(spec.tasks)
-                                   if matrix.R[i][j] is not None}, step=i)
-        store.log_metrics(parent, {f"cl/{k}": v for k, v in row_metrics.items() if v is not None}, step=i)
-        _log_artifacts(store, parent, matrix, f"{spec.name} ({spec.method})")
-        if on_row is not None:
-            on_row(i, spec.tasks[i], matrix)
+    def measure_baselines(self) -> None:
+        """b[j]: every task's fresh slot (seeded exactly as its training will start it) on the untouched model."""
+        for j, t in enumerate(self.spec.tasks):
+            self.matrix.b[j] = self.probe(t, set())
+        self.parent.log_metrics({f"b/{t}": self.matrix.b[j] for j, t in enumerate(self.spec.tasks)}, step=0)
 
-    try:
-        store.log_params(parent, {
-            "tasks": ",".join(spec.tasks), "method": spec.method, "eval_limit": spec.eval_limit,
-            "task_agnostic": spec.task_agnostic, "base_model": base.model_id, **config.flat(),
-        })
-        for j, t in enumerate(spec.tasks):
-            matrix.b[j] = probe(t, set())
-        store.log_metrics(parent, {f"b/{t}": matrix.b[j] for j, t in enumerate(spec.tasks)}, step=0)
-        if method.joint:
-            outcome = method.train_all(ctx)
-            train_seconds += outcome.seconds
-            history.extend({k: None for k in ("acc", "bwt", "fwt", "forgetting")} for _ in range(T - 1))
-            for j, t in enumerate(spec.tasks):
-                matrix.R[T - 1][j] = evaluate(t, set(spec.tasks))
-            log_row(T - 1)
-        else:
-            for i, task in enumerate(spec.tasks):
-                if i > 0:
-                    matrix.R[i - 1][i] = probe(task, set(spec.tasks[:i]))
-                    store.log_metrics(parent, {f"before/{task}": matrix.R[i - 1][i]}, step=i - 1)
-                outcome = method.train(ctx, i, task)
-                train_seconds += outcome.seconds
-                if outcome.version is not None:
-                    matrix.versions[i][i] = outcome.version.ref
-                matrix.shared[i] = outcome.shared_ref
-                for j, t in enumerate(spec.tasks[: i + 1]):
-                    matrix.R[i][j] = evaluate(t, set(spec.tasks[: i + 1]))
-                    if j < i:
-                        matrix.versions[i][j] = matrix.versions[i - 1][j]
-                log_row(i)
-        final = matrix.metrics_at(T - 1)
-        store.log_metrics(parent, {f"final/{k}": v for k, v in final.items() if v is not None}, step=T - 1)
-        store.end_run(parent, "FINISHED")
-    except BaseException:
-        store.end_run(parent, "FAILED")
-        raise
-    finally:
-        model.activate(None)  # hooks of shared kinds stay quiet if anything else runs this encoder
-    return SequenceResult(spec, matrix, final, history, parent, time.perf_counter() - started, train_seconds,
-                          method.registration, model)
+    def train_jointly(self) -> None:
+        """Joint training (mtl): only the last row of R exists."""
+        T_ = len(self.spec.tasks)
+        outcome = self.method.train_all(self.ctx)
+        self.train_seconds += outcome.seconds
+        self.history.extend({k: None for k in ("acc", "bwt", "fwt", "forgetting")} for _ in range(T_ - 1))
+        for j, t in enumerate(self.spec.tasks):
+            self.matrix.R[T_ - 1][j] = self.evaluate(t, set(self.spec.tasks))
+        self.log_row(T_ - 1)
+
+    def train_step(self, i: int, task: str) -> None:
+        """R[i-1][i] (the fresh slot on the model tasks 0..i-1 left), train task i, then row i of R."""
+        seen = self.spec.tasks[: i + 1]
+        if i > 0:
+            self.matrix.R[i - 1][i] = self.probe(task, set(seen[:-1]))
+            self.parent.log_metrics({f"before/{task}": self.matrix.R[i - 1][i]}, step=i - 1)
+        outcome = self.method.train(self.ctx, i, task)
+        self.train_seconds += outcome.seconds
+        if outcome.version is not None:
+            self.matrix.versions[i][i] = outcome.version.ref
+        self.matrix.shared[i] = outcome.shared_ref
+        for j, t in enumerate(seen):
+            self.matrix.R[i][j] = self.evaluate(t, set(seen))
+            if j < i:
+                self.matrix.versions[i][j] = self.matrix.versions[i - 1][j]
+        self.log_row(i)
+
+    # -- evaluation and logging ----------------------------------------------------------------------------
+    def evaluate(self, task: str, available: set[str]) -> float:
+        return _accuracy(self.model, self.base.tokenizer, self.evals[task], task, available, self.router,
+                         self.eval_kwargs)
+
+    def probe(self, task: str, available: set[str]) -> float:
+        """Accuracy of `task`'s fresh slot, as its training would start it; the model is left as it was."""
+        self.method.add_slot(self.ctx, task)
+        try:
+            return self.evaluate(task, available | {task})
+        finally:
+            self.model.remove_slot(task)
+
+    def log_row(self, i: int) -> None:
+        row_metrics = self.matrix.metrics_at(i)
+        self.history.append(row_metrics)
+        R = self.matrix.R
+        self.parent.log_metrics({f"acc/{t}": R[i][j] for j, t in enumerate(self.spec.tasks) if R[i][j] is not None},
+                                step=i)
+        self.parent.log_metrics({f"cl/{k}": v for k, v in row_metrics.items() if v is not None}, step=i)
+        _log_artifacts(self.parent, self.matrix, f"{self.spec.name} ({self.spec.method})")
+        if self.on_row is not None:
+            self.on_row(i, self.spec.tasks[i], self.matrix)
 
 
 def run_sequence_file(registry: "AdapterRegistry", path: str | Path, show_progress: bool = False,
@@ -376,12 +410,12 @@ def _accuracy(model, tokenizer, examples, task: str, available: set[str], router
     return correct / len(examples) if examples else math.nan
 
 
-def _log_artifacts(store, run_id: str, matrix: AccuracyMatrix, title: str) -> None:
+def _log_artifacts(run, matrix: AccuracyMatrix, title: str) -> None:
     from continual.plots import save_heatmap
 
     with tempfile.TemporaryDirectory(prefix="continual-seq-") as tmp:
         path = Path(tmp) / MATRIX_FILE
         path.write_text(json.dumps(matrix.to_json(), indent=2))
-        store.log_artifact(run_id, path)
+        run.log_artifact(path)
         save_heatmap(matrix.R, matrix.tasks, Path(tmp) / HEATMAP_FILE, title=title)
-        store.log_artifact(run_id, Path(tmp) / HEATMAP_FILE)
+        run.log_artifact(Path(tmp) / HEATMAP_FILE)

@@ -1,32 +1,31 @@
 """Train one task's adapter and register it as a new version: the `continual train` job."""
 from __future__ import annotations
 
-import math
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Callable
 
 import lightning as L
+import torch
 
 from continual.config import TrainConfig
 from continual.data import EncodedDataset, make_loader, subsample
 from continual.evaluate import accuracy
-from continual.module import AdapterClassifier, KeepBestWeights
-from continual.unfreeze import ProgressiveUnfreezing, parse_unfreeze_schedule, unfrozen_base_state
+from continual.module import AdapterClassifier
+from continual.trainer import build_trainer, mlflow_logger, total_steps
+from continual.unfreeze import unfrozen_base_state
 from continual.warm_start import choose_source, warm_start
-from registry.artifacts import SHARED_FILE, AdapterConfig, write_adapter_dir
-from registry.base_model import BaseModel, load_base_model
-from registry.kinds import get_kind
-from registry.model import AdapterModel
-from registry.registry import METRIC_PREFIX, SHA_PREFIX, AdapterRegistry, AdapterVersion
+from modeling.base_model import BaseModel, load_base_model
+from modeling.hardware import apply_num_threads, detect
+from modeling.kinds import get_kind
+from modeling.manifest import AdapterManifest
+from modeling.model import AdapterModel
+from registry import tags as T
+from registry.registry import AdapterRegistry, AdapterVersion, Run
 from tasks.errors import ContinualError
 from tasks.fingerprint import data_fingerprint
 from tasks.loaders import Example, load_split
 from tasks.spec import TaskSpec
-
-PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
-
 
 class TrainError(ContinualError):
     pass
@@ -84,7 +83,6 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
              callbacks: list | None = None) -> tuple[int, float | None]:
     """Train `slot` of `model` in place; returns (optimizer steps, best dev accuracy or None)."""
     labels = model.slots[slot].labels
-    model.encoder.requires_grad_(False)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.trainable_parameters(slot):
@@ -93,41 +91,13 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     train_loader = make_loader(train_set, base.tokenizer, config.batch_size, shuffle=True, seed=config.seed)
     dev_loader = (make_loader(EncodedDataset(dev, base.tokenizer, labels, config.max_length), base.tokenizer,
                               config.eval_batch_size, shuffle=False) if dev else None)
-    steps_per_epoch = math.ceil(len(train_loader) / config.accumulate_grad_batches)
-    total = steps_per_epoch * config.max_epochs
-    if config.max_steps > 0:
-        total = min(total, config.max_steps)
-    module = AdapterClassifier(model, slot, config, total, extra_loss=extra_loss)
-    cbs = list(callbacks or [])
-    schedule = parse_unfreeze_schedule(config.unfreeze_schedule)
-    if schedule is not None:
-        cbs.append(ProgressiveUnfreezing(schedule))
-    keep_best = KeepBestWeights(include_encoder=schedule is not None) if dev_loader is not None else None
-    if keep_best is not None:
-        cbs.append(keep_best)
-        if config.early_stopping_patience:
-            from lightning.pytorch.callbacks import EarlyStopping
-
-            cbs.append(EarlyStopping("dev/accuracy", mode="max", patience=config.early_stopping_patience))
-    if show_progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        cbs.append(RichProgressBar(leave=True))
-    val_interval = None
-    if dev_loader is not None and config.eval_every_n_steps:
-        val_interval = min(config.eval_every_n_steps * config.accumulate_grad_batches, len(train_loader))
-    trainer = L.Trainer(
-        accelerator="auto", devices=1, max_epochs=config.max_epochs, max_steps=config.max_steps,
-        precision=PRECISION[config.precision], gradient_clip_val=config.grad_clip_norm or None,
-        accumulate_grad_batches=config.accumulate_grad_batches, callbacks=cbs, logger=logger or False,
-        enable_checkpointing=False, enable_progress_bar=show_progress, enable_model_summary=False,
-        log_every_n_steps=1, num_sanity_val_steps=0, val_check_interval=val_interval,
-        limit_val_batches=1.0 if dev_loader is not None else 0, deterministic=False,
-    )
+    module = AdapterClassifier(model, slot, config, total_steps(config, len(train_loader)), extra_loss=extra_loss)
+    trainer, keep_best = build_trainer(config, train_batches=len(train_loader), has_dev=dev_loader is not None,
+                                       logger=logger, show_progress=show_progress, callbacks=callbacks)
     model.train()
     trainer.fit(module, train_loader, dev_loader)
     model.eval()
-    if schedule is not None:
+    if config.unfreeze_schedule:
         # The adapter is only valid with the base layers it trained: keep them with the slot.
         model.slots[slot].base_state = unfrozen_base_state(model)
     for p in model.parameters():
@@ -135,10 +105,25 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     return trainer.global_step, (keep_best.best if keep_best else None)
 
 
-def _mlflow_logger(registry: AdapterRegistry, run_id: str):
-    from lightning.pytorch.loggers import MLFlowLogger
+def run_params(config: TrainConfig, base: BaseModel, spec: TaskSpec, **extra) -> dict:
+    """What every training run logs as params: the whole config, the precision and threads actually
+    used and the hardware that decided them, the base model and the data."""
+    return {**config.flat(), "precision_used": config.resolved_precision, "hardware": detect().description,
+            "num_threads_used": torch.get_num_threads(), "base_model": base.model_id,
+            "base_model_fingerprint": base.fingerprint, "data_fingerprint": spec.fingerprint, **extra}
 
-    return MLFlowLogger(experiment_name="continual", tracking_uri=registry.tracking_uri, run_id=run_id)
+
+def evaluate_and_log(run, model: AdapterModel, slot: str, base: BaseModel, config: TrainConfig, data: TaskData,
+                     steps: int, seconds: float) -> dict[str, float]:
+    """Dev and test accuracy of `slot`, logged as final/* metrics with the training time and steps."""
+    metrics = {"train_seconds": seconds, "train_steps": steps}
+    eval_kwargs = dict(max_length=config.max_length, batch_size=config.eval_batch_size,
+                       precision=config.resolved_precision)
+    for split, examples in (("dev", data.dev), ("test", data.test)):
+        if examples:
+            metrics[f"{split}_accuracy"] = accuracy(model, slot, base.tokenizer, examples, **eval_kwargs)
+    run.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=steps)
+    return metrics
 
 
 def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None = None, *, method: str = "lora",
@@ -152,6 +137,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
     unless training and evaluation succeed.
     """
     config = config or TrainConfig()
+    apply_num_threads(config.num_threads)
     kind = get_kind(method)
     spec = registry.task(task)
     data = load_task_data(spec)
@@ -167,69 +153,75 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
     extra_tags = dict(extra_tags or {})
     source = choose_source(registry, task, method, init_from)
     if source is not None:
-        extra_tags.update(warm_start(registry, model, slot, base, source), init_from=init_from)
+        extra_tags.update(warm_start(registry, model, slot, base, source))
+        extra_tags[T.INIT_FROM] = str(init_from)
     train = subsample(data.train, config.train_limit, config.seed)
 
-    run_id = registry.store.start_run(f"train-{task}", {"continual.task": task, "adapter_kind": method},
-                                      parent_run_id=parent_run_id)
-    try:
-        registry.store.log_params(run_id, {
-            **config.flat(), "method": method, "task": task, "base_model": base.model_id,
-            "base_model_fingerprint": base.fingerprint, "data_fingerprint": spec.fingerprint,
-            "train_examples": len(train), "dev_examples": len(data.dev), "test_examples": len(data.test),
-            "per_task_parameters": kind.per_task_parameter_count(kind_config, base.encoder.config),
-            "init_from": extra_tags.get("parent_adapter", "none"),
-        })
+    per_task = kind.per_task_parameter_count(kind_config, base.encoder.config)
+
+    def fit(run) -> tuple[int, float | None]:
+        return fit_slot(model, slot, base, config, train, data.dev, logger=mlflow_logger(run),
+                        show_progress=show_progress)
+
+    outcome = run_training(registry, fit, model=model, slot=slot, base=base, config=config, data=data,
+                           run_name=f"train-{task}", tags={T.RUN_TASK: task, T.ADAPTER_KIND: method},
+                           parent=parent_run_id, register=True, extra_tags=extra_tags,
+                           params=dict(method=method, task=task, train_examples=len(train),
+                                       init_from=extra_tags.get(T.PARENT_ADAPTER, "none"),
+                                       per_task_parameters=per_task))
+    return TrainResult(task, outcome.version, outcome.run_id, outcome.metrics.get("dev_accuracy"),
+                       outcome.metrics.get("test_accuracy"), outcome.seconds, outcome.steps, model, slot)
+
+
+@dataclass
+class TrainingOutcome:
+    """One training run: its id, the version it registered (None when it registers nothing) and its figures."""
+
+    run_id: str
+    version: AdapterVersion | None
+    metrics: dict[str, float]
+    seconds: float
+    steps: int
+
+
+def run_training(registry: AdapterRegistry, fit: Callable[[Run], tuple[int, float | None]], *, model: AdapterModel,
+                 slot: str, base: BaseModel, config: TrainConfig, data: TaskData, run_name: str,
+                 tags: dict[str, str], parent: str | None, register: bool, extra_tags: dict[str, str] | None = None,
+                 params: dict | None = None) -> TrainingOutcome:
+    """The one run lifecycle every training goes through (`continual train`, each method of a sequence).
+
+    In an MLflow run: log the params, `fit(run) -> (steps, best dev)`, evaluate `slot` on dev and test,
+    and (if `register`) register it as a new version of `data.spec`'s task.  The run ends FINISHED,
+    FAILED or KILLED (`AdapterRegistry.run`); nothing is registered unless training and evaluation succeed.
+    """
+    tags = dict(tags)
+    if not register:
+        tags[T.REGISTERED] = "false"
+    with registry.run(run_name, tags, parent=parent) as run:
+        run.log_params(run_params(config, base, data.spec, dev_examples=len(data.dev),
+                                  test_examples=len(data.test), **(params or {})))
         start = time.perf_counter()
-        steps, best_dev = fit_slot(model, slot, base, config, train, data.dev,
-                                   logger=_mlflow_logger(registry, run_id), show_progress=show_progress)
+        steps, _ = fit(run)
         seconds = time.perf_counter() - start
-        metrics = {"train_seconds": seconds, "train_steps": steps}
-        eval_kwargs = dict(max_length=config.max_length, batch_size=config.eval_batch_size, precision=config.precision)
-        dev_acc = accuracy(model, slot, base.tokenizer, data.dev, **eval_kwargs) if data.dev else None
-        test_acc = accuracy(model, slot, base.tokenizer, data.test, **eval_kwargs) if data.test else None
-        if dev_acc is not None:
-            metrics["dev_accuracy"] = dev_acc
-        if test_acc is not None:
-            metrics["test_accuracy"] = test_acc
-        registry.store.log_metrics(run_id, {f"final/{k}": v for k, v in metrics.items()}, step=steps)
-        version = _register(registry, run_id, model, slot, task, method, base, config, spec, metrics, extra_tags)
-        registry.store.end_run(run_id, "FINISHED")
-    except BaseException:
-        registry.store.end_run(run_id, "FAILED")
-        raise
-    return TrainResult(task, version, run_id, dev_acc, test_acc, seconds, steps, model, slot)
+        metrics = evaluate_and_log(run, model, slot, base, config, data, steps, seconds)
+        version = (register_slot(registry, run, model, slot, base, config, data.spec, metrics, extra_tags)
+                   if register else None)
+    return TrainingOutcome(run.run_id, version, metrics, seconds, steps)
 
 
-def _register(registry: AdapterRegistry, run_id: str, model: AdapterModel, slot: str, task: str, method: str,
-              base: BaseModel, config: TrainConfig, spec: TaskSpec, metrics: dict[str, float],
-              extra_tags: dict[str, str] | None) -> AdapterVersion:
-    kind = get_kind(method)
-    adapter_config = AdapterConfig(
-        task=task, kind=method, kind_config=model.slots[slot].config.to_dict(), labels=list(spec.labels),
+def register_slot(registry: AdapterRegistry, run, model: AdapterModel, slot: str, base: BaseModel,
+                  config: TrainConfig, spec: TaskSpec, metrics: dict[str, float],
+                  extra_tags: dict[str, str] | None) -> AdapterVersion:
+    """Register `slot` (trained for task `spec`) as a new adapter version, with lineage and metrics."""
+    info = model.slots[slot]
+    manifest = AdapterManifest(
+        task=spec.name, kind=info.kind, kind_config=info.config.to_dict(), labels=list(spec.labels),
         base_model_id=base.model_id, base_model_fingerprint=base.fingerprint, max_length=config.max_length,
     )
     tags = {
-        "adapter_kind": method, "base_model_id": base.model_id, "base_model_fingerprint": base.fingerprint,
-        "data_fingerprint": spec.fingerprint, **(extra_tags or {}),
-        **({"base_modified": "true", "unfreeze_schedule": config.unfreeze_schedule}
-           if model.slots[slot].base_state else {}),
-        **{f"{METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
+        T.ADAPTER_KIND: info.kind, T.BASE_MODEL_ID: base.model_id, T.BASE_MODEL_FINGERPRINT: base.fingerprint,
+        T.DATA_FINGERPRINT: spec.fingerprint, **(extra_tags or {}),
+        **({T.BASE_MODIFIED: "true", T.UNFREEZE_SCHEDULE: config.unfreeze_schedule} if info.base_state else {}),
+        **{f"{T.METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
     }
-    with tempfile.TemporaryDirectory(prefix="continual-save-") as tmp:
-        checksums = write_adapter_dir(Path(tmp) / "adapter", model, slot, adapter_config)
-        if SHARED_FILE in checksums:
-            # The shared part (e.g. the shared B) becomes a version of its own registered model.
-            group = model.slots[slot].config.to_dict().get("share_group", "default")
-            shared_name = f"{method}--{group}"
-            shared_dir = Path(tmp) / "shared"
-            shared_dir.mkdir()
-            (Path(tmp) / "adapter" / SHARED_FILE).rename(shared_dir / SHARED_FILE)
-            registry.store.log_artifacts(run_id, shared_dir, "shared")
-            number = registry.add_shared_version(shared_name, run_id, "shared",
-                                                 {f"{SHA_PREFIX}{SHARED_FILE}": checksums.pop(SHARED_FILE),
-                                                  "trained_with_task": task})
-            tags["shared_part"] = f"{shared_name}:{number}"
-        registry.store.log_artifacts(run_id, Path(tmp) / "adapter", "adapter")
-        tags.update({f"{SHA_PREFIX}{name}": sha for name, sha in checksums.items()})
-    return registry.add_version(task, run_id, "adapter", tags, description=f"{method} adapter for {task}")
+    return registry.register_adapter(run, model, slot, manifest, tags)

@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from registry.base_layers import base_parameters, load_unfrozen_base_state, unfrozen_base_state  # noqa: F401
+from modeling.base_layers import base_parameters, load_unfrozen_base_state, unfrozen_base_state  # noqa: F401
 from tasks.errors import ContinualError
 
 EXAMPLE = "--set unfreeze_schedule=every=1,unit=epoch,group=2,lr_decay=0.8"

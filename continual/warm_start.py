@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import warnings
 
-from registry.artifacts import WEIGHTS_FILE, read_adapter_config, verify_checksums
-from registry.base_model import BaseModel
-from registry.kinds import get_kind
-from registry.model import AdapterModel
+from modeling.manifest import WEIGHTS_FILE, read_manifest, verify_checksums
+from modeling.base_model import BaseModel
+from modeling.kinds import get_kind
+from modeling.model import AdapterModel
 from registry.registry import AdapterRegistry, AdapterVersion
 from tasks.errors import ContinualError
 
@@ -51,7 +51,7 @@ def warm_start(registry: AdapterRegistry, model: AdapterModel, slot: str, base: 
 
     folder = registry.local_adapter_dir(source)
     verify_checksums(folder, {k: v for k, v in source.checksums.items() if k == WEIGHTS_FILE}, f"adapter {source.ref}")
-    config = read_adapter_config(folder)
+    config = read_manifest(folder)
     if config.base_model_fingerprint != base.fingerprint:
         raise WarmStartError(
             f"--init-from {source.ref}: it was trained on another base model ('{config.base_model_id}'); "

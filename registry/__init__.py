@@ -1,6 +1,6 @@
 """The adapter registry: tasks, adapter versions and aliases in MLflow; loading adapters by name."""
-from registry.predictor import Prediction, Predictor
-from registry.registry import AdapterRegistry, AdapterVersion, RegistryError
-from registry.routing import Related, Route
+from modeling.predictor import Prediction, Predictor
+from registry.registry import AdapterRegistry, AdapterVersion, RegistryError, Run
+from retrieval.routing import Related, Route
 
-__all__ = ["AdapterRegistry", "AdapterVersion", "Prediction", "Predictor", "Related", "RegistryError", "Route"]
+__all__ = ["AdapterRegistry", "AdapterVersion", "Prediction", "Predictor", "Related", "RegistryError", "Route", "Run"]

@@ -7,22 +7,23 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-from registry.artifacts import BASE_LAYERS_FILE, SHARED_FILE, AdapterConfig, load_adapter_into, read_adapter_config, verify_checksums
-from registry.base_model import load_base_model
-from registry.predictor import Predictor, host_for, private_host
-from registry.routing import Related, Route, RouteDiagnosis
-from registry.store import MlflowStore
-from registry.task_index import EMBEDDING_RUN_TAG, TaskIndex
+from modeling.base_model import load_base_model
+from modeling.manifest import (
+    BASE_LAYERS_FILE, SHARED_FILE, AdapterManifest, load_adapter_into, read_manifest, verify_checksums, write_adapter_dir,
+)
+from modeling.predictor import Predictor, host_for, private_host
+from registry import tags as T
+from registry.profile_index import ProfileIndex
+from registry.store import MlflowStore, Run
+from retrieval.routing import Related, Route, RouteDiagnosis
 from tasks.errors import ContinualError
 from tasks.spec import TaskSpec, validate_task_name
 
-TASK_TAG = "continual.task"  # marks registered models that are tasks
-SPEC_TAG = "continual.spec"  # the TaskSpec as JSON
-SHARED_TAG = "continual.shared_part"  # marks registered models that are shared parts
-SHA_PREFIX = "sha256."
-METRIC_PREFIX = "metric."
+if TYPE_CHECKING:
+    from modeling.model import AdapterModel
 
 
 class RegistryError(ContinualError):
@@ -46,11 +47,11 @@ class AdapterVersion:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return {k[len(METRIC_PREFIX):]: float(v) for k, v in self.tags.items() if k.startswith(METRIC_PREFIX)}
+        return {k[len(T.METRIC_PREFIX):]: float(v) for k, v in self.tags.items() if k.startswith(T.METRIC_PREFIX)}
 
     @property
     def checksums(self) -> dict[str, str]:
-        return {k[len(SHA_PREFIX):]: v for k, v in self.tags.items() if k.startswith(SHA_PREFIX)}
+        return {k[len(T.SHA_PREFIX):]: v for k, v in self.tags.items() if k.startswith(T.SHA_PREFIX)}
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
@@ -73,7 +74,7 @@ class AdapterRegistry:
 
     def __init__(self, store: str | os.PathLike | None = None):
         self.store = MlflowStore(store)
-        self._index: TaskIndex | None = None
+        self._index: ProfileIndex | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -90,9 +91,9 @@ class AdapterRegistry:
         and stored with it, for related-task search and routing (`related`, `route`).
         """
         validate_task_name(spec.name)
-        existing = self.store.get_task(spec.name)
+        existing = self.store.get_model(spec.name)
         if existing is not None:
-            what = "a task" if TASK_TAG in existing.tags else "a shared part"
+            what = "a task" if T.IS_TASK in existing.tags else "a shared part"
             raise RegistryError(
                 f"task name '{spec.name}' is already registered as {what}; choose another name "
                 f"(see `continual tasks list`)"
@@ -101,27 +102,26 @@ class AdapterRegistry:
         if embed:
             from tasks.loaders import load_split
 
-            vectors, label_vector = self.index.embed_task(load_split(spec, "train"), spec.labels)
-            run_id = self.store.start_run(f"register-{spec.name}", {"continual.task": spec.name})
-            self.index.log_embedding(run_id, vectors, label_vector)
-            self.store.end_run(run_id)
-            extra_tags[EMBEDDING_RUN_TAG] = run_id
+            vectors, label_vector = self.index.profile_task(load_split(spec, "train"), spec.labels)
+            with self.run(f"register-{spec.name}", {T.RUN_TASK: spec.name}) as run:
+                self.index.log_profile(run, vectors, label_vector)
+            extra_tags[T.PROFILE_RUN] = run.run_id
         tags = {
             **extra_tags,
-            TASK_TAG: "1",
-            SPEC_TAG: json.dumps(spec.to_dict(), sort_keys=True),
-            "kind": spec.kind,
-            "labels": json.dumps(list(spec.labels)),
-            "data_fingerprint": spec.fingerprint,
+            T.IS_TASK: "1",
+            T.SPEC: json.dumps(spec.to_dict(), sort_keys=True),
+            T.TASK_KIND: spec.kind,
+            T.TASK_LABELS: json.dumps(list(spec.labels)),
+            T.DATA_FINGERPRINT: spec.fingerprint,
         }
-        self.store.create_task(spec.name, tags, spec.description)
+        self.store.create_model(spec.name, tags, spec.description)
         return spec
 
     # -- related tasks and routing ------------------------------------------------------------------
     @property
-    def index(self) -> TaskIndex:
+    def index(self) -> ProfileIndex:
         if self._index is None:
-            self._index = TaskIndex(self.store)
+            self._index = ProfileIndex(self.store)
         return self._index
 
     def related(self, task: str, k: int = 3) -> list[Related]:
@@ -141,34 +141,34 @@ class AdapterRegistry:
         return self.index.diagnose(list(texts))
 
     def task(self, name: str) -> TaskSpec:
-        model = self.store.get_task(name)
-        if model is None or TASK_TAG not in model.tags:
+        model = self.store.get_model(name)
+        if model is None or T.IS_TASK not in model.tags:
             known = ", ".join(t.name for t in self.tasks()) or "none yet"
             raise RegistryError(
                 f"no task named '{name}' (registered: {known}); register it with "
                 f"`continual tasks register {name} --train FILE`"
             )
-        return TaskSpec.from_dict(json.loads(model.tags[SPEC_TAG]))
+        return TaskSpec.from_dict(json.loads(model.tags[T.SPEC]))
 
     def tasks(self) -> list[TaskSpec]:
         return sorted(
-            (TaskSpec.from_dict(json.loads(m.tags[SPEC_TAG])) for m in self.store.list_tasks() if TASK_TAG in m.tags),
+            (TaskSpec.from_dict(json.loads(m.tags[T.SPEC])) for m in self.store.list_models() if T.IS_TASK in m.tags),
             key=lambda s: s.name,
         )
 
     def set_task_tag(self, name: str, key: str, value: str) -> None:
         self.task(name)
-        self.store.set_task_tag(name, key, value)
+        self.store.set_model_tag(name, key, value)
 
     def task_tags(self, name: str) -> dict[str, str]:
         self.task(name)
-        return dict(self.store.get_task(name).tags)
+        return dict(self.store.get_model(name).tags)
 
     # -- versions -------------------------------------------------------------------------------------
     def _version(self, mv, aliases: dict[str, int]) -> AdapterVersion:
         version = int(mv.version)
         return AdapterVersion(
-            task=mv.name, version=version, kind=mv.tags.get("adapter_kind", ""), run_id=mv.run_id or "",
+            task=mv.name, version=version, kind=mv.tags.get(T.ADAPTER_KIND, ""), run_id=mv.run_id or "",
             source=mv.source, aliases=sorted(a for a, v in aliases.items() if v == version),
             tags=dict(mv.tags), created=int(mv.creation_timestamp or 0),
         )
@@ -212,6 +212,54 @@ class AdapterRegistry:
         mv = self.store.create_version(task, source, run_id, tags, description)
         return self._version(mv, {})
 
+    def register_adapter(self, run: Run, model: "AdapterModel", slot: str, manifest: AdapterManifest,
+                         tags: dict[str, str], description: str = "") -> AdapterVersion:
+        """Write `slot`'s adapter folder into `run`'s artifacts and register it as a new version of
+        `manifest.task`; a shared part (shared-B LoRA, task-embedding layers) becomes a version of its
+        own registered model (`<kind>--<share group>`) that the task version records."""
+        tags = dict(tags)
+        with tempfile.TemporaryDirectory(prefix="continual-save-") as tmp:
+            checksums = write_adapter_dir(Path(tmp) / "adapter", model, slot, manifest)
+            if SHARED_FILE in checksums:
+                group = manifest.kind_config.get("share_group", "default")
+                shared_name = f"{manifest.kind}--{group}"
+                shared_dir = Path(tmp) / "shared"
+                shared_dir.mkdir()
+                (Path(tmp) / "adapter" / SHARED_FILE).rename(shared_dir / SHARED_FILE)
+                run.log_artifacts(shared_dir, "shared")
+                number = self.add_shared_version(shared_name, run.run_id, "shared", {
+                    f"{T.SHA_PREFIX}{SHARED_FILE}": checksums.pop(SHARED_FILE), T.TRAINED_WITH_TASK: manifest.task})
+                tags[T.SHARED_PART] = f"{shared_name}:{number}"
+            run.log_artifacts(Path(tmp) / "adapter", "adapter")
+            tags.update({f"{T.SHA_PREFIX}{name}": sha for name, sha in checksums.items()})
+        return self.add_version(manifest.task, run.run_id, "adapter", tags,
+                                description=description or f"{manifest.kind} adapter for {manifest.task}")
+
+    # -- runs ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def run(self, name: str, tags: dict[str, str] | None = None, parent: Run | str | None = None) -> Iterator[Run]:
+        """An MLflow run in the store's experiment: FINISHED when the block completes, KILLED when it is
+        interrupted, FAILED on an error (re-raised)."""
+        parent_id = parent.run_id if isinstance(parent, Run) else parent
+        with self.store.run(name, tags, parent_id) as run:
+            yield run
+
+    def run_info(self, run_id: str):
+        """The MLflow run (status, params, metrics, tags) of `run_id`."""
+        return self.store.get_run(run_id)
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        return self.store.metric_history(run_id, key)
+
+    def find_runs(self, filter_string: str = "", max_results: int = 1000) -> list:
+        """Runs of the store's experiment matching an MLflow filter, e.g. "tags.`continual.sequence` = 'x'"."""
+        return self.store.search_runs(filter_string, max_results)
+
+    @property
+    def local_root(self) -> Path | None:
+        """The store's folder for a local store (None for an MLflow server)."""
+        return Path(self.store.artifact_root).parent if self.store.artifact_root is not None else None
+
     # -- aliases ----------------------------------------------------------------------------------------
     def set_alias(self, task: str, alias: str, version: int) -> AdapterVersion:
         """Point `alias` at `version` (creating or moving it)."""
@@ -231,16 +279,16 @@ class AdapterRegistry:
     # -- shared parts -------------------------------------------------------------------------------------
     def add_shared_version(self, name: str, run_id: str, artifact_path: str, tags: dict[str, str]) -> int:
         """Register a new version of the shared part `name` (e.g. 'shared-b-lora--default')."""
-        existing = self.store.get_task(name)
+        existing = self.store.get_model(name)
         if existing is None:
-            self.store.create_task(name, {SHARED_TAG: "1"}, "shared adapter part")
-        elif SHARED_TAG not in existing.tags:
+            self.store.create_model(name, {T.IS_SHARED_PART: "1"}, "shared adapter part")
+        elif T.IS_SHARED_PART not in existing.tags:
             raise RegistryError(f"'{name}' is a task, not a shared part; rename the share group")
         source = self.store.artifact_uri(run_id, artifact_path)
         return int(self.store.create_version(name, source, run_id, tags).version)
 
     def shared_versions(self, name: str) -> list[int]:
-        if self.store.get_task(name) is None:
+        if self.store.get_model(name) is None:
             return []
         return [int(mv.version) for mv in self.store.versions(name)]
 
@@ -248,12 +296,13 @@ class AdapterRegistry:
     def local_adapter_dir(self, version: AdapterVersion) -> Path:
         return Path(self.store.download(version.source, tempfile.mkdtemp(prefix="continual-adapter-")))
 
-    def load(self, ref: str, shared: str = "recorded") -> Predictor:
+    def load(self, ref: str, shared: str = "recorded", precision: str = "auto") -> Predictor:
         """A predictor for 'task', 'task@alias' or 'task:N'.
 
         The base model is loaded once per process and shared by every adapter on it.  For kinds with
         a shared part, `shared="recorded"` uses the version the adapter was trained with and
-        `shared="current"` the newest one.
+        `shared="current"` the newest one.  `precision`: "auto" (bf16 autocast where the hardware does
+        bf16 natively, else fp32), "32" or "bf16".
         """
         if shared not in ("recorded", "current"):
             raise RegistryError(f"shared='{shared}' is not valid; use 'recorded' or 'current'")
@@ -261,7 +310,7 @@ class AdapterRegistry:
         adapter_dir = self.local_adapter_dir(version)
         verify_checksums(adapter_dir, {k: v for k, v in version.checksums.items() if k != SHARED_FILE},
                          f"adapter {version.ref}")
-        config = read_adapter_config(adapter_dir)
+        config = read_manifest(adapter_dir)
         base = load_base_model(config.base_model_id)
         if base.fingerprint != config.base_model_fingerprint:
             raise RegistryError(
@@ -281,11 +330,11 @@ class AdapterRegistry:
                     config.kind_config["share_group"] = f"{config.kind_config.get('share_group', 'default')}{slot_suffix}"
                 load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
                 host.eval()
-        return Predictor(host, slot, base, config, version.task, version.version)
+        return Predictor(host, slot, base, config, version.task, version.version, precision=precision)
 
-    def _shared_state(self, version: AdapterVersion, config: AdapterConfig, shared: str):
+    def _shared_state(self, version: AdapterVersion, config: AdapterManifest, shared: str):
         """(shared weights to use or None, slot suffix naming the shared version)."""
-        recorded = version.tags.get("shared_part")
+        recorded = version.tags.get(T.SHARED_PART)
         if not recorded:
             return None, ""
         name, number = recorded.rsplit(":", 1)
@@ -298,7 +347,7 @@ class AdapterRegistry:
         from safetensors.torch import load_file
 
         folder = Path(self.store.download(mv.source, tempfile.mkdtemp(prefix="continual-shared-")))
-        verify_checksums(folder, {k[len(SHA_PREFIX):]: v for k, v in mv.tags.items() if k.startswith(SHA_PREFIX)},
+        verify_checksums(folder, {k[len(T.SHA_PREFIX):]: v for k, v in mv.tags.items() if k.startswith(T.SHA_PREFIX)},
                          f"shared part {name}:{number}")
         # Suffix names the exact shared artifact, so versions (and stores) never share a group by accident.
         return load_file(str(folder / SHARED_FILE)), f"__s{number}_{hashlib.sha256(mv.source.encode()).hexdigest()[:8]}"

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from registry import tags as T
 from tasks.errors import ContinualError
 
 DEFAULT_STORE = "./continual-store"
 STORE_ENV = "CONTINUAL_STORE"
-EXPERIMENT = "continual"
 
 
 class StoreError(ContinualError):
@@ -70,16 +71,16 @@ class MlflowStore:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            exp = self.client.get_experiment_by_name(EXPERIMENT)
+            exp = self.client.get_experiment_by_name(T.EXPERIMENT)
             if exp is not None:
                 self._experiment_id = exp.experiment_id
             else:
                 location = Path(self.artifact_root).as_uri() if self.artifact_root else None
-                self._experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(T.EXPERIMENT, artifact_location=location)
         return self._experiment_id
 
-    # -- tasks (registered models) ------------------------------------------------------------
-    def get_task(self, name: str):
+    # -- registered models (tasks and shared parts) ---------------------------------------------
+    def get_model(self, name: str):
         from mlflow.exceptions import MlflowException
 
         try:
@@ -89,13 +90,13 @@ class MlflowStore:
                 return None
             raise
 
-    def create_task(self, name: str, tags: dict[str, str], description: str = "") -> None:
+    def create_model(self, name: str, tags: dict[str, str], description: str = "") -> None:
         self.client.create_registered_model(name, tags=tags, description=description or None)
 
-    def set_task_tag(self, name: str, key: str, value: str) -> None:
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
         self.client.set_registered_model_tag(name, key, value)
 
-    def list_tasks(self, tag_filter: str | None = None) -> list:
+    def list_models(self, tag_filter: str | None = None) -> list:
         models = []
         token = None
         while True:
@@ -109,9 +110,24 @@ class MlflowStore:
     def start_run(self, name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
         tags = dict(tags or {})
         if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
+            tags[T.PARENT_RUN] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return run.info.run_id
+
+    @contextmanager
+    def run(self, name: str, tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> Iterator["Run"]:
+        """A run that ends FINISHED when the block completes, KILLED when it is interrupted (Ctrl-C,
+        SIGTERM) and FAILED on any other exception, which is re-raised."""
+        run = Run(self, self.start_run(name, tags, parent_run_id))
+        try:
+            yield run
+        except (KeyboardInterrupt, SystemExit):
+            self.end_run(run.run_id, "KILLED")
+            raise
+        except BaseException:
+            self.end_run(run.run_id, "FAILED")
+            raise
+        self.end_run(run.run_id, "FINISHED")
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -202,3 +218,37 @@ class MlflowStore:
 
     def set_version_tag(self, task: str, version: int, key: str, value: str) -> None:
         self.client.set_model_version_tag(task, str(version), key, value)
+
+
+class Run:
+    """One MLflow run, as the code that fills it sees it (`MlflowStore.run`, `AdapterRegistry.run`)."""
+
+    def __init__(self, store: MlflowStore, run_id: str):
+        self.store = store
+        self.run_id = run_id
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.store.tracking_uri
+
+    @property
+    def experiment_name(self) -> str:
+        return T.EXPERIMENT
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.store.log_params(self.run_id, params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.store.log_metrics(self.run_id, metrics, step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.store.set_tags(self.run_id, tags)
+
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None:
+        self.store.log_artifact(self.run_id, local_file, artifact_path)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.store.log_artifacts(self.run_id, local_dir, artifact_path)
+
+    def artifact_uri(self, path: str) -> str:
+        return self.store.artifact_uri(self.run_id, path)

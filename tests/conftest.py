@@ -13,6 +13,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
 warnings.filterwarnings("ignore")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second intra-op thread costs more than it saves, and on a shared CPU it can stall
+    every op (100x slower under load).  Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
     """A tiny random BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved like a hub model."""
@@ -48,6 +60,23 @@ def new_store(tmp_path_factory, _empty_store_template):
         root = tmp_path_factory.mktemp(name)
         shutil.copy(_empty_store_template, root / "mlflow.db")
         return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def new_registry(new_store):
+    """Factory of `AdapterRegistry`s on fresh stores; with `demo_sizes`, the built-in demo tasks
+    (written beside the store with those split sizes) are registered in it."""
+    from registry import AdapterRegistry
+    from tasks.demo import write_demo_suite
+
+    def make(name: str = "store", demo_sizes: dict[str, int] | None = None) -> AdapterRegistry:
+        root = new_store(name)
+        registry = AdapterRegistry(root)
+        for spec in write_demo_suite(root / "data", sizes=demo_sizes) if demo_sizes else []:
+            registry.register_task(spec)
+        return registry
 
     return make
 

@@ -2,35 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections import Counter
 
 import pytest
 import torch
 
 from continual.methods.ewc import ewc_penalty
-from continual.methods.multitask import replay_batches
+from continual.methods.mixed_batches import replay_batches
 from continual.sequence import SequenceSpec, run_sequence
 
 CONFIG = {"max_epochs": 1, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: a second thread costs more than it saves, and on a shared CPU it can stall every op.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory, _empty_store_template):
-    from registry import AdapterRegistry
-
-    root = tmp_path_factory.mktemp("baseline-store")
-    shutil.copy(_empty_store_template, root / "mlflow.db")
-    return AdapterRegistry(root)
+def reg(new_registry):
+    return new_registry("baseline-store")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +71,7 @@ def test_seq_lora_trains_one_lora_through_every_task(reg, demo_files, tiny_base_
     from peft.tuners.lora import LoraLayer
     from safetensors.torch import load_file
 
-    from registry.kinds import get_kind
+    from modeling.kinds import get_kind
 
     names, result = run(reg, demo_files, tiny_base_dir, "seq-lora", "sl")
     model = result.model
@@ -155,7 +144,7 @@ def test_shared_b_lora_with_b_trained_moves_the_b_earlier_tasks_use(reg, demo_fi
 
     from safetensors.torch import load_file
 
-    from registry.kinds import get_kind
+    from modeling.kinds import get_kind
 
     names, result = run(reg, demo_files, tiny_base_dir, "shared-b-lora", "sbt", train_shared=True)
     kind = get_kind("shared-b-lora")

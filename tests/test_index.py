@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry.index import IndexConfig, IndexStale, VectorIndex, content_checksum, load_or_rebuild
+from retrieval.index import IndexConfig, IndexStale, VectorIndex, content_checksum, load_or_rebuild
 
 
 def unit(x: np.ndarray) -> np.ndarray:

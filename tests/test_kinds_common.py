@@ -2,24 +2,18 @@
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertModel
 
-from registry.kinds import (
-    KINDS, AdapterConfig, FullConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig, get_kind,
+from modeling.kinds import (
+    KINDS, BottleneckConfig, FullConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig, get_kind,
 )
-from registry.kinds.lora import LoraKindConfig
-from registry.model import AdapterModel, mean_pool
+from modeling.kinds.lora import LoraKindConfig
+from modeling.model import AdapterModel, mean_pool
+from tiny import tiny_model
 
 LABELS = ("a", "b", "c")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only contend on a shared CPU (100x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def configs():
@@ -29,17 +23,11 @@ def configs():
         "shared-b-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
         "shared-a-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
         "task-embedding": TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4),
-        "adapter": AdapterConfig(bottleneck=8),
+        "adapter": BottleneckConfig(bottleneck=8),
         "prefix": PrefixConfig(num_virtual_tokens=3),
         "prompt": PromptConfig(num_virtual_tokens=3),
         "full": FullConfig(),
     }
-
-
-def tiny_model() -> AdapterModel:
-    torch.manual_seed(0)  # every call: the same base weights
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    return AdapterModel(BertModel(config).eval().requires_grad_(False)).eval()
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +98,7 @@ def test_per_task_formulas_by_hand():
     assert count("shared-b-lora", SharedLoraConfig(r=2)) == 2 * L * 2 * H  # A_i per query and value
     assert count("shared-a-lora", SharedLoraConfig(r=2)) == 2 * L * H * 2  # B_i per query and value
     assert count("task-embedding", TaskEmbeddingConfig(task_embedding_dim=4)) == 4
-    assert count("adapter", AdapterConfig(bottleneck=8)) == 2 * L * (2 * H * 8 + 8 + H)
+    assert count("adapter", BottleneckConfig(bottleneck=8)) == 2 * L * (2 * H * 8 + 8 + H)
     assert count("prefix", PrefixConfig(num_virtual_tokens=3)) == 3 * 2 * L * H
     assert count("prompt", PromptConfig(num_virtual_tokens=3)) == 3 * H
     embeddings = (100 + 512 + 2) * H + 2 * H

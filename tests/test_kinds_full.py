@@ -1,29 +1,17 @@
 """full kind: a private plain encoder per slot; two full slots served side by side; the base untouched."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
-from registry.base_model import fingerprint_module
-from registry.kinds import FullConfig, PrefixConfig, SharedLoraConfig, get_kind
-from registry.kinds.lora import LoraKindConfig
-from registry.model import AdapterModel, mean_pool
+from modeling.base_model import fingerprint_module
+from modeling.kinds import FullConfig, PrefixConfig, SharedLoraConfig, get_kind
+from modeling.kinds.lora import LoraKindConfig
+from modeling.model import AdapterModel, mean_pool
+from tiny import tiny_model
 
 LABELS = ("a", "b")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only contend on a shared CPU (100x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_model() -> AdapterModel:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    return AdapterModel(BertModel(config).eval().requires_grad_(False)).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:

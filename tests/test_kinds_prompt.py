@@ -1,29 +1,19 @@
 """prompt and prefix kinds: virtual tokens are never pooled; the prefix is exact attention over [P; T]."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
-from registry.kinds import KindError, PrefixConfig, PromptConfig, get_kind
-from registry.model import AdapterModel, mean_pool
+from modeling.kinds import KindError, PrefixConfig, PromptConfig, get_kind
+from modeling.model import AdapterModel, mean_pool
+from tiny import tiny_model as _tiny_model
+
+
+def tiny_model(layers: int = 2, attn: str = "sdpa", **extra) -> AdapterModel:
+    return _tiny_model(layers=layers, attn=attn, max_position_embeddings=16, **extra)
 
 LABELS = ("a", "b")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only contend on a shared CPU (100x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_model(layers: int = 2, attn: str = "sdpa", **extra) -> AdapterModel:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=16, **extra)
-    config._attn_implementation = attn
-    return AdapterModel(BertModel(config).eval().requires_grad_(False)).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:

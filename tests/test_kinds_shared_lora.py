@@ -1,29 +1,16 @@
 """shared-b-lora / shared-a-lora: equal to peft LoRA for one task, one shared tensor, frozen-B isolation."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
-from registry.kinds import KindError, SharedLoraConfig, get_kind
-from registry.kinds.lora import LoraKindConfig
-from registry.model import AdapterModel, mean_pool
+from modeling.kinds import KindError, SharedLoraConfig, get_kind
+from modeling.kinds.lora import LoraKindConfig
+from modeling.model import AdapterModel, mean_pool
+from tiny import tiny_model
 
 LABELS = ("a", "b")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only contend on a shared CPU (100x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_model(seed: int = 0) -> AdapterModel:
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    encoder = BertModel(config).eval().requires_grad_(False)
-    return AdapterModel(encoder).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base_pooled(model: AdapterModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

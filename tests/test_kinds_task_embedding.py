@@ -1,27 +1,15 @@
 """task-embedding and adapter kinds: identity at start, shared f_in/f_out, e_i per task, isolation."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
-from registry.kinds import AdapterConfig, KindError, TaskEmbeddingConfig, get_kind
-from registry.model import AdapterModel, mean_pool
+from modeling.kinds import BottleneckConfig, KindError, TaskEmbeddingConfig, get_kind
+from modeling.model import AdapterModel, mean_pool
+from tiny import tiny_model
 
 LABELS = ("a", "b")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only contend on a shared CPU (100x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_model(seed: int = 0) -> AdapterModel:
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    return AdapterModel(BertModel(config).eval().requires_grad_(False)).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +37,7 @@ def train(model: AdapterModel, slot: str, steps: int = 3) -> None:
 
 
 @pytest.mark.parametrize("kind,config", [("task-embedding", TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4)),
-                                         ("adapter", AdapterConfig(bottleneck=8))])
+                                         ("adapter", BottleneckConfig(bottleneck=8))])
 def test_new_adapter_is_the_identity(kind, config):
     model = tiny_model()
     ids, mask = batch()
@@ -123,19 +111,19 @@ def test_group_settings_mismatch_and_validation():
     with pytest.raises(KindError, match="--set task_embedding_dim="):
         TaskEmbeddingConfig(task_embedding_dim=0)
     with pytest.raises(KindError, match="--set bottleneck="):
-        AdapterConfig(bottleneck=0)
+        BottleneckConfig(bottleneck=0)
     with pytest.raises(KindError, match="not found in the base model"):
-        tiny_model().add_slot("t", "adapter", AdapterConfig(target_modules="nothing_here"), LABELS)
+        tiny_model().add_slot("t", "adapter", BottleneckConfig(target_modules="nothing_here"), LABELS)
 
 
 def test_adapter_slots_are_independent():
     model = tiny_model()
-    model.add_slot("t1", "adapter", AdapterConfig(bottleneck=8), LABELS)
+    model.add_slot("t1", "adapter", BottleneckConfig(bottleneck=8), LABELS)
     train(model, "t1")
     ids, mask = batch()
     with torch.no_grad():
         before = model("t1", ids, mask).clone()
-    model.add_slot("t2", "adapter", AdapterConfig(bottleneck=8), LABELS)
+    model.add_slot("t2", "adapter", BottleneckConfig(bottleneck=8), LABELS)
     train(model, "t2")
     with torch.no_grad():
         assert torch.equal(model("t1", ids, mask), before)

@@ -8,9 +8,9 @@ import torch
 from continual.config import TrainConfig
 from continual.train import train_task
 from registry import AdapterRegistry, RegistryError
-from registry.artifacts import ArtifactError
-from registry.base_model import load_base_model
-from registry.predictor import Prediction
+from modeling.manifest import ArtifactError
+from modeling.base_model import load_base_model
+from modeling.predictor import Prediction
 
 FAST = TrainConfig(max_steps=3, batch_size=8, max_length=32, eval_batch_size=32)
 

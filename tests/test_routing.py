@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from registry.embeddings import (
+from retrieval.profiles import (
     default_routing_layer,
     encode_layers,
     encode_texts,
@@ -19,10 +19,10 @@ from registry.embeddings import (
     route_scores,
     routing_vectors,
     sample_texts,
-    task_embeddings,
+    task_profiles,
 )
-from registry.index import IndexConfig
-from registry.routing import Related, Route, RouteDiagnosis, RouterConfig, TaskRouter, TextRouter
+from retrieval.index import IndexConfig
+from retrieval.routing import Related, Route, RouteDiagnosis, RouterConfig, TaskRouter, TextRouter
 
 D = 24
 
@@ -101,7 +101,7 @@ def test_related_is_best_first_excludes_itself_and_finds_the_family(world):
     others = TaskRouter(D)
     for i in (0, 1, 2, 3):
         others.add_task(f"t{i}", world["draw"](i, 80))
-    new = others.embed_task(world["draw"](3, 60))
+    new = others.profile_task(world["draw"](3, 60))
     assert new.shape == (2 * D,) and others.related(new, k=1)[0].task == "t3"
     with pytest.raises(KeyError, match="unknown task 'nope'"):
         router.related("nope")
@@ -186,7 +186,7 @@ def test_task_embeddings_centre_label_vectors_and_keep_unlabelled_tasks():
     rng = np.random.default_rng(3)
     routing = unit(rng.standard_normal((3, 8)))
     labels = np.stack([unit(rng.standard_normal(8)), unit(rng.standard_normal(8)), np.zeros(8)])
-    emb = task_embeddings(routing, labels, label_weight=0.5)
+    emb = task_profiles(routing, labels, label_weight=0.5)
     assert emb.shape == (3, 16)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(emb[2, 8:], 0.0)  # no label names: routing part only
@@ -216,23 +216,23 @@ TEXTS = ["short one", "a much longer text that needs several more tokens than th
 
 def test_encode_texts_is_normalised_in_input_order_and_padding_free(tiny_encoder):
     model, tok = tiny_encoder
-    batch = encode_texts(model, tok, TEXTS, batch_size=3, bf16=False)
+    batch = encode_texts(model, tok, TEXTS, batch_size=3, precision="32")
     assert batch.shape == (4, 32) and batch.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, rtol=1e-5)
-    alone = np.concatenate([encode_texts(model, tok, [t], bf16=False) for t in TEXTS])
+    alone = np.concatenate([encode_texts(model, tok, [t], precision="32") for t in TEXTS])
     torch.testing.assert_close(torch.from_numpy(batch), torch.from_numpy(alone), atol=1e-5, rtol=1e-4)
-    fast = encode_texts(model, tok, TEXTS, bf16=True)
+    fast = encode_texts(model, tok, TEXTS, precision="bf16")
     assert np.min(np.sum(fast * batch, axis=1)) > 0.99
 
 
 def test_encode_layers_stacks_the_requested_layers(tiny_encoder):
     model, tok = tiny_encoder
-    both = encode_layers(model, tok, TEXTS, layers=(1, -1), bf16=False)
+    both = encode_layers(model, tok, TEXTS, layers=(1, -1), precision="32")
     assert both.shape == (4, 2, 32)
-    np.testing.assert_allclose(both[:, 1], encode_texts(model, tok, TEXTS, layer=-1, bf16=False), atol=1e-6)
+    np.testing.assert_allclose(both[:, 1], encode_texts(model, tok, TEXTS, layer=-1, precision="32"), atol=1e-6)
     assert not np.allclose(both[:, 0], both[:, 1])
-    assert encode_texts(model, tok, [], bf16=False).shape == (0, 32)
-    lab = label_embedding(lambda t: encode_texts(model, tok, t, bf16=False), ["Good", "Bad"])
+    assert encode_texts(model, tok, [], precision="32").shape == (0, 32)
+    lab = label_embedding(lambda t: encode_texts(model, tok, t, precision="32"), ["Good", "Bad"])
     assert lab.shape == (32,) and np.isclose(np.linalg.norm(lab), 1.0)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,25 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"max_epochs": 1, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: a second thread costs more than it saves, and on a shared CPU it can stall every op.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory, _empty_store_template):
+def reg(new_registry):
     """One store for the module (creating one costs seconds); tests register tasks under their own prefix."""
-    from registry import AdapterRegistry
-
-    root = tmp_path_factory.mktemp("seq-store")
-    shutil.copy(_empty_store_template, root / "mlflow.db")
-    return AdapterRegistry(root)
+    return new_registry("seq-store")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Task embeddings at registration, related tasks, routing and warm starts through the registry."""
+"""Task profiles at registration, related tasks, routing and warm starts through the registry."""
 import shutil
 import warnings
 
@@ -8,18 +8,13 @@ from continual.config import TrainConfig
 from continual.train import train_task
 from continual.warm_start import WarmStartError
 from registry import AdapterRegistry, Related, RegistryError, Route
-from tasks.demo import write_demo_suite
 
 FAST = TrainConfig(max_steps=2, batch_size=8, max_length=32, eval_batch_size=32)
 
 
 @pytest.fixture(scope="module")
-def reg(new_store):
-    root = new_store("index-store")
-    registry = AdapterRegistry(root)
-    for spec in write_demo_suite(root / "data", sizes={"train": 64, "dev": 8, "test": 8}):
-        registry.register_task(spec)
-    return registry
+def reg(new_registry):
+    return new_registry("index-store", demo_sizes={"train": 64, "dev": 8, "test": 8})
 
 
 def test_related_tasks_best_first_without_itself(reg):
@@ -59,7 +54,7 @@ def test_warm_start_copies_adapter_and_records_lineage(reg, tiny_base_dir):
     assert warm.version.tags["parent_adapter"] == source.version.ref
     assert warm.version.tags["warm_start_head"] == "fresh"  # label sets differ
     # With a negligible learning rate the adapter weights stay the source's.
-    from registry.kinds import get_kind
+    from modeling.kinds import get_kind
 
     kind = get_kind("lora")
     a, b = kind.slot_state_dict(source.model, source.slot), kind.slot_state_dict(warm.model, warm.slot)

@@ -6,21 +6,15 @@ import torch
 from continual.config import TrainConfig
 from continual.evaluate import predict_ids
 from continual.train import train_task
-from registry import AdapterRegistry
-from registry.kinds import KINDS
-from tasks.demo import write_demo_suite
+from modeling.kinds import KINDS
 
 FAST = dict(max_steps=2, batch_size=8, max_length=32, eval_batch_size=32, learning_rate=1e-2)
 TEXTS = ["the match went to extra time", "shares rose after the earnings call", "rain is expected tomorrow"]
 
 
 @pytest.fixture(scope="module")
-def reg(new_store):
-    root = new_store("kinds-store")
-    registry = AdapterRegistry(root)
-    for spec in write_demo_suite(root / "data", sizes={"train": 24, "dev": 8, "test": 8}):
-        registry.register_task(spec)
-    return registry
+def reg(new_registry):
+    return new_registry("kinds-store", demo_sizes={"train": 24, "dev": 8, "test": 8})
 
 
 def predictions_match(reg, result, ref):
@@ -29,7 +23,7 @@ def predictions_match(reg, result, ref):
     examples = [Example(t, result.model.slots[result.slot].labels[0]) for t in TEXTS]
     tokenizer = reg.load(ref).base.tokenizer
     trained = predict_ids(result.model, result.slot, tokenizer, examples, max_length=32)
-    loaded = reg.load(ref).predict_proba(TEXTS)
+    loaded = reg.load(ref, precision="32").predict_proba(TEXTS)
     # Identical weights: the loaded adapter answers as the trained one did.
     logits_model = result.model
     with torch.no_grad():

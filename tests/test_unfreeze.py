@@ -9,17 +9,11 @@ from continual.unfreeze import (
     ProgressiveUnfreezing, UnfreezeError, UnfreezeSchedule, layers_to_unfreeze, layerwise_lr, load_unfrozen_base_state,
     parse_unfreeze_schedule, unfrozen_base_state,
 )
-from registry.kinds.lora import LoraKindConfig
-from registry.model import AdapterModel
+from modeling.kinds.lora import LoraKindConfig
+from modeling.model import AdapterModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only contend on a shared CPU (100x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_layers_to_unfreeze_top_down_worked_examples():

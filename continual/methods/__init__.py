@@ -1,6 +1,6 @@
 """Continual-learning methods a task sequence can use: the baselines, and every adapter kind.
 
-Baselines are registered here with one explicit call each; any name in `registry.kinds.KINDS` is a
+Baselines are registered here with one explicit call each; any name in `modeling.kinds.KINDS` is a
 method too (that kind trained per task in the sequence's one model, `KindMethod`).
 """
 from __future__ import annotations
@@ -32,13 +32,13 @@ register_baseline(MtlMethod)
 
 def method_names() -> list[str]:
     """Baselines first, then adapter kinds."""
-    from registry.kinds import KINDS
+    from modeling.kinds import KINDS
 
     return list(BASELINES) + sorted(k for k in KINDS if k not in BASELINES)
 
 
 def _check(name: str) -> None:
-    from registry.kinds import KINDS
+    from modeling.kinds import KINDS
 
     if name not in BASELINES and name not in KINDS:
         raise MethodError(f"unknown method '{name}'; valid methods: baselines {', '.join(BASELINES)}; "

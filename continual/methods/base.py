@@ -8,7 +8,6 @@ MLflow logging.  Every task of a sequence lives in ONE `AdapterModel` (`Sequence
 from __future__ import annotations
 
 import dataclasses
-import time
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -17,10 +16,10 @@ import lightning as L
 
 from continual.config import TrainConfig
 from continual.data import subsample
-from continual.evaluate import accuracy
-from registry.base_model import BaseModel
-from registry.kinds import get_kind
-from registry.model import AdapterModel
+from modeling.base_model import BaseModel
+from modeling.kinds import get_kind
+from modeling.model import AdapterModel
+from registry import tags as T
 from registry.registry import AdapterRegistry, AdapterVersion
 from tasks.errors import ContinualError
 from tasks.loaders import Example
@@ -54,7 +53,7 @@ class SequenceContext:
         return subsample(self.data[task].train, self.config.train_limit, self.config.seed)
 
     def tags(self, **extra: str) -> dict[str, str]:
-        return {"continual.sequence": self.sequence, "continual.method": self.method, **extra}
+        return {T.SEQUENCE: self.sequence, T.METHOD: self.method, **extra}
 
 
 @dataclass
@@ -126,43 +125,14 @@ class Method:
 def run_nested(ctx: SequenceContext, task: str, fit: Callable[[Any], tuple[int, float | None]], *,
                register: bool, run_name: str | None = None, params: dict[str, Any] | None = None,
                extra_tags: dict[str, str] | None = None) -> StepOutcome:
-    """Train `task`'s slot with `fit(logger) -> (steps, best dev)` in a nested MLflow run, evaluate it on
-    dev and test, and (if `register`) register the slot as a new version of `task`.
+    """Train `task`'s slot with `fit(run) -> (steps, best dev)` in a run nested under the sequence's,
+    evaluate it and (if `register`) register it: `continual.train.run_training`, the one run lifecycle."""
+    from continual.train import run_training
 
-    The baselines' counterpart of `train_task`, which has no hook for a warm-started slot, a regulariser
-    or mixed batches.  Nothing is registered unless training and evaluation succeed.
-    """
-    from continual.train import _mlflow_logger, _register  # one registration format for every method
-
-    store, config, base, model = ctx.registry.store, ctx.config, ctx.base, ctx.model
-    data = ctx.data[task]
-    kind = model.slots[task].kind
-    tags = ctx.tags(**{"continual.task": task, "adapter_kind": kind, **(extra_tags or {})})
-    if not register:
-        tags["continual.registered"] = "false"
-    run_id = store.start_run(run_name or f"train-{task}", tags, parent_run_id=ctx.parent_run_id)
-    try:
-        store.log_params(run_id, {
-            **config.flat(), "method": ctx.method, "task": task, "base_model": base.model_id,
-            "base_model_fingerprint": base.fingerprint, "data_fingerprint": data.spec.fingerprint,
-            "train_examples": len(ctx.train_examples(task)), "dev_examples": len(data.dev),
-            "test_examples": len(data.test), **(params or {}),
-        })
-        start = time.perf_counter()
-        steps, _ = fit(_mlflow_logger(ctx.registry, run_id))
-        seconds = time.perf_counter() - start
-        metrics = {"train_seconds": seconds, "train_steps": steps}
-        eval_kwargs = dict(max_length=config.max_length, batch_size=config.eval_batch_size, precision=config.precision)
-        for split, examples in (("dev", data.dev), ("test", data.test)):
-            if examples:
-                metrics[f"{split}_accuracy"] = accuracy(model, task, base.tokenizer, examples, **eval_kwargs)
-        store.log_metrics(run_id, {f"final/{k}": v for k, v in metrics.items()}, step=steps)
-        version = None
-        if register:
-            version = _register(ctx.registry, run_id, model, task, task, kind, base, config, data.spec, metrics,
-                                ctx.tags(**(extra_tags or {})))
-        store.end_run(run_id, "FINISHED")
-    except BaseException:
-        store.end_run(run_id, "FAILED")
-        raise
-    return StepOutcome(run_id, version, seconds, steps)
+    tags = ctx.tags(**{T.RUN_TASK: task, T.ADAPTER_KIND: ctx.model.slots[task].kind, **(extra_tags or {})})
+    outcome = run_training(
+        ctx.registry, fit, model=ctx.model, slot=task, base=ctx.base, config=ctx.config, data=ctx.data[task],
+        run_name=run_name or f"train-{task}", tags=tags, parent=ctx.parent_run_id, register=register,
+        extra_tags=ctx.tags(**(extra_tags or {})),
+        params={"method": ctx.method, "task": task, "train_examples": len(ctx.train_examples(task)), **(params or {})})
+    return StepOutcome(outcome.run_id, outcome.version, outcome.seconds, outcome.steps)

@@ -26,7 +26,8 @@ from torch import nn
 
 from continual.methods.base import MethodError, SequenceContext, StepOutcome, run_nested
 from continual.methods.sequential import SharedAdapterMethod, SharedSettings
-from registry.model import AdapterModel
+from modeling.hardware import autocast
+from modeling.model import AdapterModel
 from tasks.loaders import Example
 
 
@@ -41,7 +42,7 @@ def ewc_penalty(params: Sequence[torch.Tensor], anchors: Sequence[Sequence[torch
 
 
 def diagonal_fisher(model: AdapterModel, slot: str, params: Sequence[nn.Parameter], tokenizer,
-                    examples: Sequence[Example], max_length: int = 128, precision: str = "32") -> list[torch.Tensor]:
+                    examples: Sequence[Example], max_length: int = 128, precision: str = "auto") -> list[torch.Tensor]:
     """Mean over `examples` of the squared gradient of −log p(gold | x) w.r.t. each of `params` (eval mode)."""
     from continual.data import EncodedDataset, make_loader
 
@@ -52,13 +53,12 @@ def diagonal_fisher(model: AdapterModel, slot: str, params: Sequence[nn.Paramete
     flags = [p.requires_grad for p in params]
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it predicts
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     try:
         for p in params:
             p.requires_grad_(True)
         for batch in make_loader(dataset, tokenizer, batch_size=1, shuffle=False):  # per-example gradients
             labels = batch.pop("labels")
-            with autocast:
+            with autocast(precision):
                 logits = model(slot, **batch)
             loss = F.cross_entropy(logits.float(), labels)
             grads = torch.autograd.grad(loss, list(params), allow_unused=True)
@@ -97,6 +97,7 @@ class EwcMethod(SharedAdapterMethod):
     def train(self, ctx: SequenceContext, i: int, task: str) -> StepOutcome:
         from continual.data import subsample
         from continual.train import fit_slot
+        from continual.trainer import mlflow_logger
 
         self.start_task(ctx, task)
         params = self.shared_parameters(ctx, task)
@@ -105,17 +106,19 @@ class EwcMethod(SharedAdapterMethod):
         def penalty() -> torch.Tensor:
             return ewc_penalty(params, self.anchors, self.fishers, lam)
 
-        def fit(logger):
-            return fit_slot(ctx.model, task, ctx.base, ctx.config, ctx.train_examples(task), ctx.data[task].dev,
-                            logger=logger, show_progress=ctx.show_progress,
-                            extra_loss=penalty if self.anchors else None)
+        def fit(run):
+            result = fit_slot(ctx.model, task, ctx.base, ctx.config, ctx.train_examples(task), ctx.data[task].dev,
+                              logger=mlflow_logger(run), show_progress=ctx.show_progress,
+                              extra_loss=penalty if self.anchors else None)
+            # The Fisher of the trained task is part of EWC's training cost: computed inside the timed fit.
+            sample = subsample(ctx.train_examples(task), self.settings.fisher_samples, ctx.config.seed)
+            fisher = diagonal_fisher(ctx.model, task, params, ctx.base.tokenizer, sample, ctx.config.max_length,
+                                     ctx.config.resolved_precision)
+            self.fishers.append(fisher)
+            self.anchors.append([p.detach().clone() for p in params])
+            run.log_metrics({"ewc/fisher_mean": float(sum(f.sum() for f in fisher) / sum(f.numel() for f in fisher))})
+            return result
 
         outcome = run_nested(ctx, task, fit, register=self.registers,
                              params={"ewc_lambda": lam, "fisher_samples": self.settings.fisher_samples})
-        sample = subsample(ctx.train_examples(task), self.settings.fisher_samples, ctx.config.seed)
-        self.fishers.append(diagonal_fisher(ctx.model, task, params, ctx.base.tokenizer, sample,
-                                            ctx.config.max_length, ctx.config.precision))
-        self.anchors.append([p.detach().clone() for p in params])
-        ctx.registry.store.log_metrics(outcome.run_id, {
-            "ewc/fisher_mean": float(sum(f.sum() for f in self.fishers[-1]) / sum(f.numel() for f in self.fishers[-1]))})
         return self.finish(ctx, task, outcome)

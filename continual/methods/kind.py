@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from continual.methods.base import Method, SequenceContext, StepOutcome
-from registry.kinds import get_kind
+from modeling.kinds import get_kind
+from registry import tags as T
 
 
 class KindMethod(Method):
@@ -35,4 +36,4 @@ class KindMethod(Method):
                             show_progress=ctx.show_progress, parent_run_id=ctx.parent_run_id, model=ctx.model,
                             extra_tags=ctx.tags())
         return StepOutcome(result.run_id, result.version, result.seconds, result.steps,
-                           shared_ref=result.version.tags.get("shared_part"))
+                           shared_ref=result.version.tags.get(T.SHARED_PART))

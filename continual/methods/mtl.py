@@ -2,7 +2,7 @@
 
 One shared adapter (LoRA by default, `shared_kind: full` for the encoder) and one head per task, trained
 on all tasks' training examples shuffled together into mixed batches, each example through its own
-head (`continual.methods.multitask`); model selection on the mean of the tasks' dev accuracies.
+head (`continual.methods.mixed_batches`); model selection on the mean of the tasks' dev accuracies.
 The number of steps is that of the whole sequence (Σ examples / batch size, per epoch).
 
 R: there are no intermediate models, so only the last row R[T-1] is filled (the joint model on every
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from continual.methods.base import SequenceContext, StepOutcome, run_nested
 from continual.methods.sequential import SharedAdapterMethod, SharedSettings
+from registry import tags as T
 
 
 class MtlMethod(SharedAdapterMethod):
@@ -24,7 +25,8 @@ class MtlMethod(SharedAdapterMethod):
     registration = "not registered: a joint model is not a per-task adapter version"
 
     def train_all(self, ctx: SequenceContext) -> StepOutcome:
-        from continual.methods.multitask import fit_multitask
+        from continual.methods.mixed_batches import fit_multitask
+        from continual.trainer import mlflow_logger
 
         for task in ctx.tasks:
             self.start_task(ctx, task)
@@ -34,10 +36,10 @@ class MtlMethod(SharedAdapterMethod):
         train = [ctx.train_examples(t) for t in ctx.tasks]
         dev = [ctx.data[t].dev for t in ctx.tasks]
 
-        def fit(logger):
+        def fit(run):
             return fit_multitask(ctx.model, ctx.tasks, first, ctx.base.tokenizer, ctx.config, train, dev,
-                                 trainable=trainable, logger=logger, show_progress=ctx.show_progress)
+                                 trainable=trainable, logger=mlflow_logger(run), show_progress=ctx.show_progress)
 
         return run_nested(ctx, first, fit, register=False, run_name="train-joint",
-                          extra_tags={"continual.task": ",".join(ctx.tasks)},
+                          extra_tags={T.RUN_TASK: ",".join(ctx.tasks)},
                           params={"joint_tasks": ",".join(ctx.tasks), "joint_train_examples": sum(map(len, train))})

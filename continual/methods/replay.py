@@ -41,7 +41,8 @@ class ReplayMethod(SharedAdapterMethod):
 
     def train(self, ctx: SequenceContext, i: int, task: str) -> StepOutcome:
         from continual.data import subsample
-        from continual.methods.multitask import fit_multitask
+        from continual.methods.mixed_batches import fit_multitask
+        from continual.trainer import mlflow_logger
 
         self.start_task(ctx, task)
         old = list(self.buffer)
@@ -50,9 +51,9 @@ class ReplayMethod(SharedAdapterMethod):
         replay_batch = self.settings.replay_batch_size or ctx.config.batch_size
         train = [ctx.train_examples(task)] + [self.buffer[s] for s in old]
 
-        def fit(logger):
+        def fit(run):
             return fit_multitask(ctx.model, slots, task, ctx.base.tokenizer, ctx.config, train, [ctx.data[task].dev],
-                                 replay_from=1, replay_batch_size=replay_batch, trainable=trainable, logger=logger,
+                                 replay_from=1, replay_batch_size=replay_batch, trainable=trainable, logger=mlflow_logger(run),
                                  show_progress=ctx.show_progress)
 
         outcome = run_nested(ctx, task, fit, register=self.registers, params={

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from continual.methods.base import Method, MethodError, SequenceContext, StepOutcome, run_nested
-from registry.model import AdapterModel
+from modeling.model import AdapterModel
 
 SHARED_KINDS = ("lora", "full")
 
@@ -73,7 +73,7 @@ class SharedAdapterMethod(Method):
 
     def shared_parameters(self, ctx: SequenceContext, task: str) -> list[nn.Parameter]:
         """The shared adapter's parameters (what every task trains; heads excluded)."""
-        from registry.kinds import get_kind
+        from modeling.kinds import get_kind
 
         return get_kind(self.kind).trainable_parameters(ctx.model, task)
 
@@ -86,12 +86,13 @@ class SharedAdapterMethod(Method):
 
     def train(self, ctx: SequenceContext, i: int, task: str) -> StepOutcome:
         from continual.train import fit_slot
+        from continual.trainer import mlflow_logger
 
         self.start_task(ctx, task)
 
-        def fit(logger):
+        def fit(run):
             return fit_slot(ctx.model, task, ctx.base, ctx.config, ctx.train_examples(task), ctx.data[task].dev,
-                            logger=logger, show_progress=ctx.show_progress)
+                            logger=mlflow_logger(run), show_progress=ctx.show_progress)
 
         return self.finish(ctx, task, run_nested(ctx, task, fit, register=self.registers))
 

@@ -18,7 +18,7 @@ from torch import nn
 from tasks.errors import ContinualError
 
 if TYPE_CHECKING:
-    from registry.model import AdapterModel
+    from modeling.model import AdapterModel
 
 
 class KindError(ContinualError):

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registry.kinds.base import AdapterKind, KindConfig, KindError
-from registry.kinds.bottleneck import (
+from modeling.kinds.base import AdapterKind, KindConfig, KindError
+from modeling.kinds.hooks import (
     ACTIVATIONS, add_output_hook, check_share_group, copy_checked, find_target_modules, io_features, load_prefixed,
     meta_encoder, resolve_sites, site_key, split_names,
 )
 
 if TYPE_CHECKING:
-    from registry.model import AdapterModel
+    from modeling.model import AdapterModel
 
 EMBEDDING_KEY = "task_embedding"  # the slot state: {"task_embedding": e_i (d_e,)}
 
@@ -105,7 +105,7 @@ class TaskEmbeddingKind(AdapterKind):
     name = "task-embedding"
     config_cls = TaskEmbeddingConfig
 
-    def _store(self, model: "AdapterModel") -> TaskEmbeddingLayers:
+    def _layers(self, model: "AdapterModel") -> TaskEmbeddingLayers:
         if self.name not in model.adapter_modules:
             model.adapter_modules[self.name] = TaskEmbeddingLayers()
         return model.adapter_modules[self.name]  # type: ignore[return-value]
@@ -113,9 +113,9 @@ class TaskEmbeddingKind(AdapterKind):
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
         assert isinstance(config, TaskEmbeddingConfig)
         config.target_modules = resolve_sites(config.target_modules, model.encoder.config.model_type)
-        store = self._store(model)
+        layers = self._layers(model)
         group = config.share_group
-        known = store.group_config.get(group)
+        known = layers.group_config.get(group)
         if known is not None:
             for field in ("bottleneck", "task_embedding_dim", "activation", "target_modules"):
                 if getattr(known, field) != getattr(config, field):
@@ -132,54 +132,54 @@ class TaskEmbeddingKind(AdapterKind):
                 shared[site_key(name)] = ConditionedBottleneck(
                     hidden, config.bottleneck, config.task_embedding_dim, config.activation
                 ).to(weight.device, weight.dtype)
-            store.shared[group] = shared
-            store.group_config[group] = dataclasses.replace(config)
-            store.group_first[group] = slot
+            layers.shared[group] = shared
+            layers.group_config[group] = dataclasses.replace(config)
+            layers.group_first[group] = slot
         for name, module in sites:
-            store.site_names[site_key(name)] = name
-            add_output_hook(store, site_key(name), module)
+            layers.site_names[site_key(name)] = name
+            add_output_hook(layers, site_key(name), module)
         e = torch.randn(config.task_embedding_dim, device=weight.device, dtype=weight.dtype)
-        store.embeddings[slot] = nn.Parameter(e / config.task_embedding_dim**0.5)  # ‖e‖ ≈ 1; never zero (see top)
-        store.slot_config[slot] = config
+        layers.embeddings[slot] = nn.Parameter(e / config.task_embedding_dim**0.5)  # ‖e‖ ≈ 1; never zero (see top)
+        layers.slot_config[slot] = config
 
     def init_task_embedding_from(self, model: "AdapterModel", slot: str, other_slot: str) -> None:
         """Start `slot`'s e_i from `other_slot`'s (warm start from a related task of the same group)."""
-        store = self._store(model)
+        layers = self._layers(model)
         for s in (slot, other_slot):
-            if s not in store.embeddings:
-                raise KindError(f"slot '{s}' has no task-embedding adapter; task-embedding slots: {sorted(store.embeddings)}")
-        copy_checked(store.embeddings[slot], store.embeddings[other_slot], other_slot, "task embedding")
+            if s not in layers.embeddings:
+                raise KindError(f"slot '{s}' has no task-embedding adapter; task-embedding slots: {sorted(layers.embeddings)}")
+        copy_checked(layers.embeddings[slot], layers.embeddings[other_slot], other_slot, "task embedding")
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
-        store = self._store(model)
-        store.active = slot if slot in store.embeddings else None
+        layers = self._layers(model)
+        layers.active = slot if slot in layers.embeddings else None
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        return {EMBEDDING_KEY: self._store(model).embeddings[slot].detach().clone()}
+        return {EMBEDDING_KEY: self._layers(model).embeddings[slot].detach().clone()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
         if set(state) != {EMBEDDING_KEY}:
             raise KindError(f"task-embedding weights must hold exactly '{EMBEDDING_KEY}', got {sorted(state)[:3]}")
-        copy_checked(self._store(model).embeddings[slot], state[EMBEDDING_KEY], EMBEDDING_KEY, "task-embedding")
+        copy_checked(self._layers(model).embeddings[slot], state[EMBEDDING_KEY], EMBEDDING_KEY, "task-embedding")
 
     def shared_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        store = self._store(model)
-        sites = store.shared[store.slot_config[slot].share_group]
-        return {f"{store.site_names[key]}.{k}": v.detach().clone()
+        layers = self._layers(model)
+        sites = layers.shared[layers.slot_config[slot].share_group]
+        return {f"{layers.site_names[key]}.{k}": v.detach().clone()
                 for key, mod in sites.items() for k, v in mod.state_dict().items()}
 
     def load_shared_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        store = self._store(model)
-        group = store.slot_config[slot].share_group
-        load_prefixed(store.shared[group], store.site_names, state, "task-embedding shared")
-        store.group_first[group] = None  # trained elsewhere: trains here only if train_shared
+        layers = self._layers(model)
+        group = layers.slot_config[slot].share_group
+        load_prefixed(layers.shared[group], layers.site_names, state, "task-embedding shared")
+        layers.group_first[group] = None  # trained elsewhere: trains here only if train_shared
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        store = self._store(model)
-        config = store.slot_config[slot]
-        params = [store.embeddings[slot]]
-        if config.train_shared or store.group_first.get(config.share_group) == slot:
-            params += list(store.shared[config.share_group].parameters())
+        layers = self._layers(model)
+        config = layers.slot_config[slot]
+        params = [layers.embeddings[slot]]
+        if config.train_shared or layers.group_first.get(config.share_group) == slot:
+            params += list(layers.shared[config.share_group].parameters())
         return params
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
@@ -195,8 +195,8 @@ class TaskEmbeddingKind(AdapterKind):
         return sum(h * m + m + (m + d) * h + h for h in (io_features(mod)[1] for _, mod in sites))
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        store = self._store(model)
-        del store.embeddings[slot]
-        store.slot_config.pop(slot)
-        if store.active == slot:
-            store.active = None
+        layers = self._layers(model)
+        del layers.embeddings[slot]
+        layers.slot_config.pop(slot)
+        if layers.active == slot:
+            layers.active = None

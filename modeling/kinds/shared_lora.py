@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registry.kinds.base import AdapterKind, KindConfig, KindError
-from registry.kinds.bottleneck import (
+from modeling.kinds.base import AdapterKind, KindConfig, KindError
+from modeling.kinds.hooks import (
     add_output_hook, check_share_group, copy_checked, find_target_modules, io_features, meta_encoder, site_key,
     split_names,
 )
-from registry.kinds.lora import LoraKind, LoraKindConfig
+from modeling.kinds.lora import LoraKind, LoraKindConfig
 
 if TYPE_CHECKING:
-    from registry.model import AdapterModel
+    from modeling.model import AdapterModel
 
 
 @dataclasses.dataclass
@@ -108,7 +108,7 @@ class SharedLoraKind(AdapterKind):
     def shared_name(self) -> str:
         return "lora_" + self.shared_factor
 
-    def _store(self, model: "AdapterModel") -> SharedLoraLayers:
+    def _layers(self, model: "AdapterModel") -> SharedLoraLayers:
         if self.name not in model.adapter_modules:
             model.adapter_modules[self.name] = SharedLoraLayers(self.shared_factor)
         return model.adapter_modules[self.name]  # type: ignore[return-value]
@@ -122,9 +122,9 @@ class SharedLoraKind(AdapterKind):
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
         assert isinstance(config, SharedLoraConfig)
         config.target_modules = resolve_targets(config, model.encoder.config.model_type)
-        store = self._store(model)
+        layers = self._layers(model)
         group = config.share_group
-        known = store.group_config.get(group)
+        known = layers.group_config.get(group)
         if known is not None:  # a shared factor exists: its shape settings are fixed
             for field in ("r", "target_modules"):
                 if getattr(known, field) != getattr(config, field):
@@ -139,46 +139,46 @@ class SharedLoraKind(AdapterKind):
                 t = torch.empty(self._shapes(module, config.r)[1], device=module.weight.device, dtype=module.weight.dtype)
                 nn.init.kaiming_uniform_(t, a=math.sqrt(5))  # see the module docstring
                 shared[site_key(name)] = nn.Parameter(t)
-            store.shared[group] = shared
-            store.group_config[group] = dataclasses.replace(config)
-            store.group_first[group] = slot
+            layers.shared[group] = shared
+            layers.group_config[group] = dataclasses.replace(config)
+            layers.group_first[group] = slot
         own = nn.ParameterDict()
         for name, module in sites:
             shape = self._shapes(module, config.r)[0]
             own[site_key(name)] = nn.Parameter(torch.zeros(shape, device=module.weight.device, dtype=module.weight.dtype))
-            store.site_names[site_key(name)] = name
-            add_output_hook(store, site_key(name), module)
-        store.per_task[slot] = own
-        store.dropout[slot] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        store.slot_config[slot] = config
+            layers.site_names[site_key(name)] = name
+            add_output_hook(layers, site_key(name), module)
+        layers.per_task[slot] = own
+        layers.dropout[slot] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        layers.slot_config[slot] = config
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
-        store = self._store(model)
-        store.active = slot if slot in store.per_task else None
+        layers = self._layers(model)
+        layers.active = slot if slot in layers.per_task else None
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        store = self._store(model)
-        return {f"{store.site_names[k]}.{self.own_name}": p.detach().clone() for k, p in store.per_task[slot].items()}
+        layers = self._layers(model)
+        return {f"{layers.site_names[k]}.{self.own_name}": p.detach().clone() for k, p in layers.per_task[slot].items()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        store = self._store(model)
-        self._load(store.per_task[slot], store.site_names, self.own_name, state)
+        layers = self._layers(model)
+        self._load(layers.per_task[slot], layers.site_names, self.own_name, state)
 
     def shared_parameters(self, model: "AdapterModel", slot: str) -> dict[str, nn.Parameter]:
         """The shared factor of `slot`'s group, by site key: the very Parameters other tasks use."""
-        store = self._store(model)
-        return dict(store.shared[store.slot_config[slot].share_group].items())
+        layers = self._layers(model)
+        return dict(layers.shared[layers.slot_config[slot].share_group].items())
 
     def shared_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        store = self._store(model)
-        return {f"{store.site_names[k]}.{self.shared_name}": p.detach().clone()
+        layers = self._layers(model)
+        return {f"{layers.site_names[k]}.{self.shared_name}": p.detach().clone()
                 for k, p in self.shared_parameters(model, slot).items()}
 
     def load_shared_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        store = self._store(model)
-        group = store.slot_config[slot].share_group
-        self._load(store.shared[group], store.site_names, self.shared_name, state)
-        store.group_first[group] = None  # a loaded shared factor was trained elsewhere
+        layers = self._layers(model)
+        group = layers.slot_config[slot].share_group
+        self._load(layers.shared[group], layers.site_names, self.shared_name, state)
+        layers.group_first[group] = None  # a loaded shared factor was trained elsewhere
 
     def _load(self, params: nn.ParameterDict, site_names: dict[str, str], suffix: str, state: dict) -> None:
         expected = {f"{site_names[k]}.{suffix}": k for k in params}
@@ -191,11 +191,11 @@ class SharedLoraKind(AdapterKind):
             copy_checked(params[key], state[name], name, self.name)
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        store = self._store(model)
-        config = store.slot_config[slot]
-        params = list(store.per_task[slot].values())
-        if config.train_shared or store.group_first.get(config.share_group) == slot:
-            params += list(store.shared[config.share_group].values())
+        layers = self._layers(model)
+        config = layers.slot_config[slot]
+        params = list(layers.per_task[slot].values())
+        if config.train_shared or layers.group_first.get(config.share_group) == slot:
+            params += list(layers.shared[config.share_group].values())
         return params
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
@@ -217,11 +217,11 @@ class SharedLoraKind(AdapterKind):
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
         # The group's shared factor stays: other (or later) tasks of the group still need it.
-        store = self._store(model)
-        del store.per_task[slot], store.dropout[slot]
-        store.slot_config.pop(slot)
-        if store.active == slot:
-            store.active = None
+        layers = self._layers(model)
+        del layers.per_task[slot], layers.dropout[slot]
+        layers.slot_config.pop(slot)
+        if layers.active == slot:
+            layers.active = None
 
 
 class SharedALoraKind(SharedLoraKind):

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from registry.kinds.base import AdapterKind, KindConfig, KindError
-from registry.kinds.bottleneck import meta_encoder
+from modeling.kinds.base import AdapterKind, KindConfig, KindError
+from modeling.kinds.hooks import meta_encoder
 
 if TYPE_CHECKING:
-    from registry.model import AdapterModel
+    from modeling.model import AdapterModel
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ def plain_copy(encoder: nn.Module) -> nn.Module:
     for module in clone.modules():
         for hooks in (module._forward_hooks, module._forward_pre_hooks):
             for handle_id, fn in list(hooks.items()):
-                if getattr(fn, "__module__", "").startswith("registry.kinds"):
+                if getattr(fn, "__module__", "").startswith("modeling.kinds"):
                     del hooks[handle_id]
                     module._forward_hooks_with_kwargs.pop(handle_id, None)
                     module._forward_pre_hooks_with_kwargs.pop(handle_id, None)
@@ -51,35 +51,35 @@ class FullFineTuningKind(AdapterKind):
     config_cls = FullConfig
     modifies_base = True
 
-    def _store(self, model: "AdapterModel") -> nn.ModuleDict:
+    def _layers(self, model: "AdapterModel") -> nn.ModuleDict:
         if self.name not in model.adapter_modules:
             model.adapter_modules[self.name] = nn.ModuleDict()  # slot -> encoder copy
         return model.adapter_modules[self.name]  # type: ignore[return-value]
 
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
-        self._store(model)[slot] = plain_copy(model.encoder)
+        self._layers(model)[slot] = plain_copy(model.encoder)
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
         pass  # encode() picks the slot's own encoder; nothing in the shared encoder to switch
 
     def encode(self, model: "AdapterModel", slot: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._store(model)[slot](**inputs).last_hidden_state, inputs["attention_mask"]
+        return self._layers(model)[slot](**inputs).last_hidden_state, inputs["attention_mask"]
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self._store(model)[slot].state_dict().items()}
+        return {k: v.detach().clone() for k, v in self._layers(model)[slot].state_dict().items()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
         try:
-            self._store(model)[slot].load_state_dict(state, strict=True)
+            self._layers(model)[slot].load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise KindError(f"full fine-tuning weights do not fit this base model: {str(err).splitlines()[0]}") from None
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        return list(self._store(model)[slot].parameters())
+        return list(self._layers(model)[slot].parameters())
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """Every encoder parameter (for BERT: embeddings + L·(4H² + 2HF + 9H + F) + pooler H² + H)."""
         return sum(p.numel() for p in meta_encoder(base_config).parameters())
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        del self._store(model)[slot]
+        del self._layers(model)[slot]

@@ -12,9 +12,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from registry.artifacts import AdapterConfig
-from registry.base_model import BaseModel
-from registry.model import AdapterModel
+from modeling.manifest import AdapterManifest
+from modeling.base_model import BaseModel
+from modeling.hardware import autocast, resolve_precision
+from modeling.model import AdapterModel
 
 _hosts_lock = threading.Lock()
 _hosts: dict[str, AdapterModel] = {}  # base fingerprint -> host holding every loaded slot
@@ -49,8 +50,8 @@ def private_host(base: BaseModel, slot: str) -> AdapterModel:
 
 
 class Predictor:
-    def __init__(self, host: AdapterModel, slot: str, base: BaseModel, config: AdapterConfig,
-                 task: str, version: int):
+    def __init__(self, host: AdapterModel, slot: str, base: BaseModel, config: AdapterManifest,
+                 task: str, version: int, precision: str = "auto"):
         self.host = host
         self.slot = slot
         self.base = base
@@ -58,6 +59,8 @@ class Predictor:
         self.task = task
         self.version = version
         self.labels = list(config.labels)
+        # "auto": bf16 autocast only where the hardware does bf16 natively (modeling.hardware).
+        self.precision = resolve_precision(precision)
 
     def __repr__(self) -> str:
         return f"Predictor({self.task}:{self.version}, kind={self.config.kind}, labels={self.labels})"
@@ -75,7 +78,8 @@ class Predictor:
                                       max_length=self.config.max_length, return_tensors="pt")
             with self.host.lock:
                 self.host.eval()
-                logits = self.host(self.slot, **enc)
+                with autocast(self.precision):
+                    logits = self.host(self.slot, **enc)
             out.append(torch.softmax(logits.float(), dim=-1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from registry.kinds.base import AdapterKind, KindConfig, KindError
+from modeling.kinds.base import AdapterKind, KindConfig, KindError
 
 if TYPE_CHECKING:
-    from registry.model import AdapterModel
+    from modeling.model import AdapterModel
 
 
 @dataclasses.dataclass

@@ -11,7 +11,6 @@ import math
 import random
 from typing import Sequence
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from continual.config import TrainConfig
 from continual.data import EncodedDataset
-from continual.module import KeepBestWeights
-from continual.optim import build_optimizer, build_scheduler, param_groups
-from registry.model import AdapterModel
+from continual.module import SlotTraining
+from continual.trainer import build_trainer, total_steps
+from modeling.model import AdapterModel
 from tasks.loaders import Example
 
 
@@ -106,20 +105,19 @@ def tagged_loader(dataset: TaggedDataset, tokenizer, batches: ReplayBatchSampler
                       generator=torch.Generator().manual_seed(seed))
 
 
-class MultiTaskClassifier(L.LightningModule):
+class MultiTaskClassifier(SlotTraining):
     """Trains tied slots on mixed batches: one encoder pass, then each example's own head."""
 
     def __init__(self, model: AdapterModel, slots: Sequence[str], encode_slot: str, trainable: list[nn.Parameter],
                  config: TrainConfig, total_steps: int, extra_loss=None):
-        super().__init__()
-        self.model = model
+        super().__init__(model, config, total_steps, extra_loss)
         self.slots = list(slots)  # task index in a batch -> slot
         self.encode_slot = encode_slot  # the slot whose (shared) adapter encodes every example
         self.trainable = trainable
-        self.config = config
-        self.total_steps = total_steps
-        self.extra_loss = extra_loss  # e.g. EWC's penalty: () -> scalar
         self._hits: dict[int, list[int]] = {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.trainable
 
     def _logits(self, batch: dict) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         batch = dict(batch)
@@ -157,19 +155,6 @@ class MultiTaskClassifier(L.LightningModule):
         accs = [c / max(n, 1) for c, n in self._hits.values()]
         self.log("dev/accuracy", sum(accs) / max(len(accs), 1), prog_bar=True)
 
-    def configure_optimizers(self):
-        trainable = {id(p) for p in self.trainable}
-        named = [(n, p) for n, p in self.model.named_parameters() if id(p) in trainable]
-        optimizer = build_optimizer(param_groups(named, self.config.learning_rate, self.config.weight_decay),
-                                    self.config)
-        scheduler = build_scheduler(optimizer, self.config, self.total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class _KeepBest(KeepBestWeights):
-    def _params(self, module: MultiTaskClassifier) -> list[nn.Parameter]:
-        return module.trainable
-
 
 def fit_multitask(model: AdapterModel, slots: Sequence[str], encode_slot: str, tokenizer, config: TrainConfig,
                   train: Sequence[Sequence[Example]], dev: Sequence[Sequence[Example]], *,
@@ -180,8 +165,6 @@ def fit_multitask(model: AdapterModel, slots: Sequence[str], encode_slot: str, t
     `replay_from=k`: tasks k.. are a replay buffer, mixed `replay_batch_size` per batch into batches
     of the tasks before k (whose examples set the number of steps); None: all tasks shuffled together.
     """
-    from continual.train import PRECISION
-
     labels = [model.slots[s].labels for s in slots]
     encoded = [EncodedDataset(ex, tokenizer, labels[t], config.max_length) for t, ex in enumerate(train)]
     train_set = TaggedDataset(encoded)
@@ -200,24 +183,10 @@ def fit_multitask(model: AdapterModel, slots: Sequence[str], encode_slot: str, t
         p.requires_grad_(False)
     for p in trainable:
         p.requires_grad_(True)
-    total = math.ceil(len(train_loader) / config.accumulate_grad_batches) * config.max_epochs
-    if config.max_steps > 0:
-        total = min(total, config.max_steps)
-    module = MultiTaskClassifier(model, slots, encode_slot, trainable, config, total, extra_loss)
-    keep_best = _KeepBest() if dev_loader is not None else None
-    callbacks: list = [keep_best] if keep_best is not None else []
-    if show_progress:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar(leave=True))
-    trainer = L.Trainer(
-        accelerator="auto", devices=1, max_epochs=config.max_epochs, max_steps=config.max_steps,
-        precision=PRECISION[config.precision], gradient_clip_val=config.grad_clip_norm or None,
-        accumulate_grad_batches=config.accumulate_grad_batches, callbacks=callbacks, logger=logger or False,
-        enable_checkpointing=False, enable_progress_bar=show_progress, enable_model_summary=False,
-        log_every_n_steps=1, num_sanity_val_steps=0, limit_val_batches=1.0 if dev_loader is not None else 0,
-        deterministic=False,
-    )
+    module = MultiTaskClassifier(model, slots, encode_slot, trainable, config,
+                                 total_steps(config, len(train_loader)), extra_loss)
+    trainer, keep_best = build_trainer(config, train_batches=len(train_loader), has_dev=dev_loader is not None,
+                                       logger=logger, show_progress=show_progress)
     model.train()
     trainer.fit(module, train_loader, dev_loader)
     model.eval()

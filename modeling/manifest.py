@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from registry.kinds import KindConfig, get_kind
-from registry.model import AdapterModel
+from modeling.kinds import KindConfig, get_kind
+from modeling.model import AdapterModel
 from tasks.errors import ContinualError
 
 FORMAT_VERSION = 1
@@ -34,7 +34,7 @@ class ArtifactError(ContinualError):
 
 
 @dataclass
-class AdapterConfig:
+class AdapterManifest:
     task: str
     kind: str
     kind_config: dict[str, Any]
@@ -58,7 +58,7 @@ class AdapterConfig:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "AdapterConfig":
+    def from_json(cls, data: dict[str, Any]) -> "AdapterManifest":
         if data.get("format") != FORMAT_VERSION:
             raise ArtifactError(
                 f"adapter format {data.get('format')!r} is not supported by this version (expects "
@@ -82,7 +82,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_adapter_dir(out_dir: str | Path, model: AdapterModel, slot: str, config: AdapterConfig) -> dict[str, str]:
+def write_adapter_dir(out_dir: str | Path, model: AdapterModel, slot: str, config: AdapterManifest) -> dict[str, str]:
     """Write the adapter folder for `slot`; returns {file name: sha256} of the weight files."""
     from safetensors.torch import save_file
 
@@ -106,11 +106,11 @@ def write_adapter_dir(out_dir: str | Path, model: AdapterModel, slot: str, confi
     return {name: sha256_file(out / name) for name in files}
 
 
-def read_adapter_config(adapter_dir: str | Path) -> AdapterConfig:
+def read_manifest(adapter_dir: str | Path) -> AdapterManifest:
     path = Path(adapter_dir) / CONFIG_FILE
     if not path.exists():
         raise ArtifactError(f"'{path}' is missing: the adapter folder is incomplete; re-train the task")
-    return AdapterConfig.from_json(json.loads(path.read_text()))
+    return AdapterManifest.from_json(json.loads(path.read_text()))
 
 
 def verify_checksums(adapter_dir: str | Path, expected: dict[str, str], what: str) -> None:
@@ -128,12 +128,12 @@ def verify_checksums(adapter_dir: str | Path, expected: dict[str, str], what: st
 
 def load_adapter_into(model: AdapterModel, slot: str, adapter_dir: str | Path,
                       shared_state: dict[str, torch.Tensor] | None = None,
-                      config: AdapterConfig | None = None) -> AdapterConfig:
+                      config: AdapterManifest | None = None) -> AdapterManifest:
     """Add `slot` to `model` with the weights in `adapter_dir` (and a shared part, if given)."""
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    config = config or read_adapter_config(adapter_dir)
+    config = config or read_manifest(adapter_dir)
     kind_config = config.kind_config_obj()
     model.add_slot(slot, config.kind, kind_config, tuple(config.labels))
     kind = get_kind(config.kind)
@@ -144,7 +144,7 @@ def load_adapter_into(model: AdapterModel, slot: str, adapter_dir: str | Path,
         kind.load_shared_state(model, slot, shared_state)
     kind.load_slot_state(model, slot, {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
     if (adapter_dir / BASE_LAYERS_FILE).exists():
-        from registry.base_layers import load_unfrozen_base_state
+        from modeling.base_layers import load_unfrozen_base_state
 
         state = load_file(str(adapter_dir / BASE_LAYERS_FILE))
         load_unfrozen_base_state(model, state)

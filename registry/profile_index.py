@@ -1,7 +1,7 @@
-"""The store's task index: task embeddings kept with each task, and a FAISS router rebuilt from them.
+"""The store's task index: task profiles kept with each task, and a FAISS router rebuilt from them.
 
 At registration a fixed sample of the task's training inputs is encoded by the frozen default base
-encoder (see registry.embeddings for the measured choice of layer and rule) and stored as an
+encoder (see retrieval.profiles for the measured choice of layer and rule) and stored as an
 artifact of a registration run; the registered model's tags point to it.  The router (FAISS
 indexes + a sidecar of names) is a cache: a folder in a local store, or under ~/.cache for a
 server, rebuilt from the stored vectors, with a warning, when missing, stale or corrupt.
@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from registry.base_model import DEFAULT_BASE_MODEL, load_base_model
-from registry.routing import Related, Route, RouteDiagnosis, RouterConfig, TaskRouter, TextRouter
+from modeling.base_model import DEFAULT_BASE_MODEL, load_base_model
+from registry import tags as T
+from retrieval.routing import Related, Route, RouteDiagnosis, RouterConfig, TaskRouter, TextRouter
 from tasks.loaders import Example
 
 if TYPE_CHECKING:
-    from registry.store import MlflowStore
+    from registry.store import MlflowStore, Run
 
-EMBEDDING_RUN_TAG = "continual.embedding_run"  # registered-model tag: run holding the task's vectors
+LEGACY_ARTIFACT_DIR = "task_embedding"  # stores written before the router's vectors were called profiles
 VECTORS_FILE = "vectors.npy"
 LABEL_FILE = "label_vector.npy"
-ARTIFACT_DIR = "task_embedding"
+ARTIFACT_DIR = "task_profile"
 
 
 def example_text(example: Example) -> str:
@@ -34,7 +35,7 @@ def example_text(example: Example) -> str:
     return example.text if example.text_pair is None else f"{example.text}\n{example.text_pair}"
 
 
-class TaskIndex:
+class ProfileIndex:
     def __init__(self, store: "MlflowStore", encoder_id: str = DEFAULT_BASE_MODEL):
         self.store = store
         self.encoder_id = encoder_id
@@ -54,36 +55,42 @@ class TaskIndex:
 
     def _empty_router(self) -> TaskRouter:
         base = load_base_model(self.encoder_id)
-        from registry.embeddings import default_routing_layer
+        from retrieval.profiles import default_routing_layer
 
         return TaskRouter(base.hidden_size, RouterConfig(layer=default_routing_layer(base.encoder.config.num_hidden_layers)))
 
     # -- registration --------------------------------------------------------------------------
-    def embed_task(self, examples: Sequence[Example], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    def profile_task(self, examples: Sequence[Example], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """(sample vectors, label vector) of a task: what is stored with it."""
         text_router = self._encoder(self._empty_router())
         return text_router.task_inputs([example_text(e) for e in examples], list(labels) or None)
 
-    def log_embedding(self, run_id: str, vectors: np.ndarray, label_vector: np.ndarray | None) -> None:
+    def log_profile(self, run: "Run", vectors: np.ndarray, label_vector: np.ndarray | None) -> None:
         with tempfile.TemporaryDirectory(prefix="continual-embed-") as tmp:
             folder = Path(tmp) / ARTIFACT_DIR
             folder.mkdir()
             np.save(folder / VECTORS_FILE, vectors.astype(np.float32))
             if label_vector is not None:
                 np.save(folder / LABEL_FILE, np.asarray(label_vector, np.float32))
-            self.store.log_artifacts(run_id, folder, ARTIFACT_DIR)
+            run.log_artifacts(folder, ARTIFACT_DIR)
 
     def related_to_new(self, vectors: np.ndarray, label_vector: np.ndarray | None, k: int) -> list[Related]:
         """Registered tasks nearest to a task that is not registered yet."""
         router = self.router()
         if len(router) == 0:
             return []
-        return router.related(router.embed_task(vectors, label_vector), k=k)
+        return router.related(router.profile_task(vectors, label_vector), k=k)
 
     # -- the router ----------------------------------------------------------------------------
     def _indexed_tasks(self) -> dict[str, str]:
-        """task name -> run id holding its vectors, for every task with an embedding."""
-        return {m.name: m.tags[EMBEDDING_RUN_TAG] for m in self.store.list_tasks() if EMBEDDING_RUN_TAG in m.tags}
+        """task name -> 'run id/artifact folder' holding its vectors, for every task with a profile."""
+        found = {}
+        for m in self.store.list_models():
+            if T.PROFILE_RUN in m.tags:
+                found[m.name] = f"{m.tags[T.PROFILE_RUN]}/{ARTIFACT_DIR}"
+            elif T.LEGACY_PROFILE_RUN in m.tags:
+                found[m.name] = f"{m.tags[T.LEGACY_PROFILE_RUN]}/{LEGACY_ARTIFACT_DIR}"
+        return found
 
     def router(self) -> TaskRouter:
         """The router over every registered task, from the cache when it is current."""
@@ -119,7 +126,8 @@ class TaskIndex:
         tasks = self._indexed_tasks() if tasks is None else tasks
         router = self._empty_router()
         for name in sorted(tasks):
-            folder = Path(self.store.download(self.store.artifact_uri(tasks[name], ARTIFACT_DIR),
+            run_id, artifact_dir = tasks[name].split("/", 1)
+            folder = Path(self.store.download(self.store.artifact_uri(run_id, artifact_dir),
                                               tempfile.mkdtemp(prefix="continual-embed-")))
             label = np.load(folder / LABEL_FILE) if (folder / LABEL_FILE).exists() else None
             router.add_task(name, np.load(folder / VECTORS_FILE), label_vector=label)

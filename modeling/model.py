@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from registry.kinds import KindConfig, get_kind
+from modeling.kinds import KindConfig, get_kind
 
 
 @dataclass

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from registry.kinds.base import AdapterKind, KindConfig, KindError, get_kind
+from modeling.kinds.base import AdapterKind, KindConfig, KindError, get_kind
 
 if TYPE_CHECKING:
-    from registry.model import AdapterModel
+    from modeling.model import AdapterModel
 
 
 def _check_tokens(n: int) -> None:
@@ -59,7 +59,7 @@ class PromptTuningKind(AdapterKind):
     name = "prompt"
     config_cls = PromptConfig
 
-    def _store(self, model: "AdapterModel") -> nn.ModuleDict:
+    def _layers(self, model: "AdapterModel") -> nn.ModuleDict:
         if self.name not in model.adapter_modules:
             model.adapter_modules[self.name] = nn.ModuleDict()  # slot -> peft PromptEmbedding
         return model.adapter_modules[self.name]  # type: ignore[return-value]
@@ -74,7 +74,7 @@ class PromptTuningKind(AdapterKind):
             num_virtual_tokens=config.num_virtual_tokens, token_dim=words.embedding_dim, num_transformer_submodules=1,
             prompt_tuning_init=config.prompt_init.upper(),
         )
-        self._store(model)[slot] = PromptEmbedding(peft_config, words).to(words.weight.device, words.weight.dtype)
+        self._layers(model)[slot] = PromptEmbedding(peft_config, words).to(words.weight.device, words.weight.dtype)
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
         pass  # encode() reads the slot's prompt directly; nothing sits in the encoder to switch
@@ -84,7 +84,7 @@ class PromptTuningKind(AdapterKind):
         input_ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         if "position_ids" in inputs:
             raise KindError("prompt tuning sets the positions itself; call it without position_ids")
-        prompt = self._store(model)[slot]
+        prompt = self._layers(model)[slot]
         P = prompt.embedding.num_embeddings
         B, T = input_ids.shape
         limit = getattr(model.encoder.config, "max_position_embeddings", None)
@@ -101,13 +101,13 @@ class PromptTuningKind(AdapterKind):
         return hidden[:, P:], mask  # (B, T, H): the virtual tokens are not pooled
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self._store(model)[slot].state_dict().items()}
+        return {k: v.detach().clone() for k, v in self._layers(model)[slot].state_dict().items()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        _load_module(self._store(model)[slot], state, self.name)
+        _load_module(self._layers(model)[slot], state, self.name)
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        return list(self._store(model)[slot].parameters())
+        return list(self._layers(model)[slot].parameters())
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """P · H."""
@@ -115,7 +115,7 @@ class PromptTuningKind(AdapterKind):
         return config.num_virtual_tokens * base_config.hidden_size
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        del self._store(model)[slot]
+        del self._layers(model)[slot]
 
 
 def _load_module(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -195,16 +195,16 @@ class PrefixLayers(nn.Module):
         return split(k), split(v)
 
 
-def _add_prefix_hook(store: PrefixLayers, attn: nn.Module, layer: int, heads: int) -> None:
+def _add_prefix_hook(layers: PrefixLayers, attn: nn.Module, layer: int, heads: int) -> None:
     """Pre-hook on one self-attention: while a prefix slot is active, inject its keys/values.
 
-    As for the output hooks of bottleneck.py: the store is held weakly (the base encoder outlives
-    AdapterModels) and the hook removes itself once the store is gone.
+    As for the output hooks of hooks.py: the layers are held weakly (the base encoder outlives
+    AdapterModels) and the hook removes itself once they are gone.
     """
-    store_ref = weakref.ref(store)
+    layers_ref = weakref.ref(layers)
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-        owner = store_ref()
+        owner = layers_ref()
         if owner is None:
             handle.remove()
             return None
@@ -230,12 +230,12 @@ class PrefixTuningKind(AdapterKind):
     name = "prefix"
     config_cls = PrefixConfig
 
-    def _store(self, model: "AdapterModel") -> PrefixLayers:
+    def _layers(self, model: "AdapterModel") -> PrefixLayers:
         if self.name not in model.adapter_modules:
-            store = PrefixLayers(model.encoder.config.num_hidden_layers)
-            model.adapter_modules[self.name] = store
+            layers = PrefixLayers(model.encoder.config.num_hidden_layers)
+            model.adapter_modules[self.name] = layers
             for i, attn in enumerate(self_attentions(model.encoder)):
-                _add_prefix_hook(store, attn, i, model.encoder.config.num_attention_heads)
+                _add_prefix_hook(layers, attn, i, model.encoder.config.num_attention_heads)
         return model.adapter_modules[self.name]  # type: ignore[return-value]
 
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
@@ -243,7 +243,7 @@ class PrefixTuningKind(AdapterKind):
         from peft.tuners.prefix_tuning import PrefixEncoder
 
         assert isinstance(config, PrefixConfig)
-        store, c = self._store(model), model.encoder.config
+        layers, c = self._layers(model), model.encoder.config
         peft_config = PrefixTuningConfig(
             num_virtual_tokens=config.num_virtual_tokens, token_dim=c.hidden_size, num_layers=c.num_hidden_layers,
             num_attention_heads=c.num_attention_heads, encoder_hidden_size=config.encoder_hidden_size,
@@ -254,7 +254,7 @@ class PrefixTuningKind(AdapterKind):
         if config.prefix_init == "sample_vocab" and not config.prefix_projection:
             with torch.no_grad():
                 encoder.embedding.weight.copy_(self._vocab_keys_values(model, config.num_virtual_tokens))
-        store.encoders[slot] = encoder
+        layers.encoders[slot] = encoder
 
     def _vocab_keys_values(self, model: "AdapterModel", P: int) -> torch.Tensor:
         """(P, 2·L·H): per virtual token [k_0, v_0, k_1, v_1, ...], each the base model's own (H,)."""
@@ -273,19 +273,19 @@ class PrefixTuningKind(AdapterKind):
         return torch.cat(parts, dim=-1)
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
-        store = self._store(model)
-        store.active = slot if slot in store.encoders else None
+        layers = self._layers(model)
+        layers.active = slot if slot in layers.encoders else None
         # encode() is the default one: the hooks add the prefix to keys and values only, so the
         # hidden states (and the pooling over them) are those of the real tokens.
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self._store(model).encoders[slot].state_dict().items()}
+        return {k: v.detach().clone() for k, v in self._layers(model).encoders[slot].state_dict().items()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        _load_module(self._store(model).encoders[slot], state, self.name)
+        _load_module(self._layers(model).encoders[slot], state, self.name)
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        return list(self._store(model).encoders[slot].parameters())
+        return list(self._layers(model).encoders[slot].parameters())
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """P·2LH; with prefix_projection P·H + (H·E + E) + (E·2LH + 2LH)  (E = encoder_hidden_size)."""
@@ -297,7 +297,7 @@ class PrefixTuningKind(AdapterKind):
         return P * H + (H * E + E) + (E * out + out)
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        store = self._store(model)
-        del store.encoders[slot]
-        if store.active == slot:
-            store.active = None
+        layers = self._layers(model)
+        del layers.encoders[slot]
+        if layers.active == slot:
+            layers.active = None

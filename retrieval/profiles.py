@@ -1,8 +1,8 @@
-"""Sentence and task embeddings from the frozen base encoder, and the routing rule, as pure functions.
+"""Sentence and task profiles from the frozen base encoder, and the routing rule, as pure functions.
 
 No FAISS and no MLflow here: these functions take a model and tokenizer (or vectors) and
 return numpy arrays, so they are tested on their own and reused by the router
-(:mod:`registry.routing`), the registry and the benchmarks.
+(:mod:`retrieval.routing`), the registry and the benchmarks.
 
 What was measured (``bench/routing.py`` full run: 12 tasks of ``cl_benchmark``, 512 training
 inputs per task, every test input, MiniLM-L6) and therefore chosen:
@@ -18,8 +18,8 @@ inputs per task, every test input, MiniLM-L6) and therefore chosen:
   84.4%, of layer 4 87.8%; kNN vote (k=25, centred) over instance vectors 84.1% (last layer)
   and 92.3% (layer 4); whitened last layer 93.0%; several k-means centroids per task lost 1-5
   points against one; a logistic-regression probe on the last layer reached 90-93%.
-* **Task embedding** (related tasks): the task's whitened mean, concatenated with the centred
-  mean of its label-name embeddings at weight 0.5 (:func:`task_embeddings`); the label names
+* **Task profile** (related tasks): the task's whitened mean, concatenated with the centred
+  mean of its label-name embeddings at weight 0.5 (:func:`task_profiles`); the label names
   make all members of a task family (sentiment, NLI, QA, topic) each other's nearest.
 """
 
@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from modeling.hardware import autocast
 
 __all__ = [
     "Whitening",
@@ -44,7 +46,7 @@ __all__ = [
     "route_scores",
     "routing_vectors",
     "sample_texts",
-    "task_embeddings",
+    "task_profiles",
 ]
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
@@ -80,14 +82,16 @@ def encode_layers(
     layers: Sequence[int] = (-1,),
     batch_size: int = 32,
     max_length: int = 128,
-    bf16: bool = True,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Mean-pooled, L2-normalised sentence vectors of several encoder layers in one pass.
 
     ``layers`` index ``hidden_states`` (0 = token embeddings, ``-1`` = last layer, which is the
     usual sentence embedding). Returns float32 of shape ``(n, len(layers), d)``, in the order of
-    ``texts``. Texts are batched by length (less padding); ``bf16`` autocasts on CPU, ~3x faster
-    there, with cosine >= 0.9999 to float32 vectors.
+    ``texts``. Texts are batched by length (less padding). ``precision`` follows
+    :func:`modeling.hardware.resolve_precision`: ``auto`` autocasts to bf16 only where the hardware
+    does bf16 natively (~3x faster there, cosine >= 0.9999 to float32 vectors) and stays in fp32 where
+    bf16 would be emulated (~100x slower).
     """
     texts = [str(t) for t in texts]
     device = next(model.parameters()).device
@@ -106,7 +110,7 @@ def encode_layers(
                     max_length=max_length,
                     return_tensors="pt",
                 ).to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                with autocast(precision, device.type):
                     hidden = model(**batch, output_hidden_states=True).hidden_states
                 # (B, L, d)
                 pooled = torch.stack(
@@ -131,14 +135,14 @@ def encode_texts(
     layer: int = -1,
     batch_size: int = 32,
     max_length: int = 128,
-    bf16: bool = True,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Sentence vectors ``(n, d)`` float32: masked mean pool of ``layer``, L2-normalised.
 
     ``layer=-1`` is the standard sentence embedding; routing uses
     ``default_routing_layer(model.config.num_hidden_layers)``.
     """
-    return encode_layers(model, tokenizer, texts, (layer,), batch_size, max_length, bf16)[:, 0]
+    return encode_layers(model, tokenizer, texts, (layer,), batch_size, max_length, precision)[:, 0]
 
 
 def sample_texts(texts: Sequence[str], n: int, seed: int = 0) -> list[str]:
@@ -210,18 +214,18 @@ def routing_vectors(task_means: np.ndarray, whitening: Whitening) -> np.ndarray:
 def route_scores(query_vectors: np.ndarray, whitening: Whitening, task_vectors: np.ndarray) -> np.ndarray:
     """Cosine of each whitened query to each task's routing vector: ``(m, t)``; argmax routes.
 
-    The exact, FAISS-free form of what :class:`registry.routing.TaskRouter` searches.
+    The exact, FAISS-free form of what :class:`retrieval.routing.TaskRouter` searches.
     """
     return whitening(np.atleast_2d(query_vectors)) @ np.atleast_2d(task_vectors).T
 
 
-def task_embeddings(
+def task_profiles(
     routing: np.ndarray,
     labels: np.ndarray | None = None,
     label_mean: np.ndarray | None = None,
     label_weight: float = 0.5,
 ) -> np.ndarray:
-    """Task embeddings for "related tasks" ``(t, 2d)``.
+    """Task profiles for "related tasks" ``(t, 2d)``.
 
     ``routing`` (t, d) are :func:`routing_vectors`; ``labels`` (t, d) are
     :func:`label_embedding` vectors, an all-zero row for a task without label names.

@@ -2,13 +2,13 @@
 
 The router keeps, per task, the count and mean of a fixed sample of its training inputs'
 routing vectors (mean-pooled layer-4 sentence vectors of the frozen base encoder, see
-:mod:`registry.embeddings`) and an optional label-name vector, plus the pooled second moment
+:mod:`retrieval.profiles`) and an optional label-name vector, plus the pooled second moment
 of all samples. From those it derives
 
 * a whitening of the input space fitted on all registered tasks,
 * one **routing vector** per task (its whitened mean) in a FAISS index: ``route`` whitens the
   query vectors and returns the nearest tasks by cosine,
-* one **task embedding** per task (routing vector + centred label-name vector) in a second
+* one **task profile** per task (routing vector + centred label-name vector) in a second
   FAISS index: ``related`` returns the nearest registered tasks.
 
 Whitening depends on every task, so adding a task marks both indexes dirty; they are rebuilt
@@ -23,7 +23,7 @@ Usage, on raw texts (:class:`TextRouter` wraps the encoder; :class:`TaskRouter` 
     router.routes(["Text: a gem of a film ."], k=2)              # [[Route('sst2', ...), Route('yelp', ...)]]
     router.router.save("store/router"); TaskRouter.load("store/router")
 
-This module imports neither MLflow nor Lightning; FAISS only through :mod:`registry.index`.
+This module imports neither MLflow nor Lightning; FAISS only through :mod:`retrieval.index`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from registry.embeddings import (
+from retrieval.profiles import (
     Whitening,
     encode_texts,
     fit_whitening,
@@ -46,9 +46,9 @@ from registry.embeddings import (
     normalize,
     routing_vectors,
     sample_texts,
-    task_embeddings,
+    task_profiles,
 )
-from registry.index import IndexConfig, VectorIndex, load_or_rebuild
+from retrieval.index import IndexConfig, VectorIndex, load_or_rebuild
 
 __all__ = ["Related", "Route", "RouteDiagnosis", "RouterConfig", "TaskRouter", "TextRouter"]
 
@@ -101,7 +101,7 @@ class RouterConfig:
     whitening_eps: float = 1e-2
     """Spectrum shrinkage of the whitening, relative to the mean eigenvalue."""
     label_weight: float = 0.5
-    """Weight of the label-name part of task embeddings (0 = inputs only)."""
+    """Weight of the label-name part of task profiles (0 = inputs only)."""
     index: IndexConfig = field(default_factory=IndexConfig)
     """FAISS index settings (exact below index.exact_max tasks, HNSW above)."""
 
@@ -120,8 +120,8 @@ class TaskRouter:
     """Routes inputs to registered tasks and finds related tasks (see the module docstring).
 
     All vectors passed in are L2-normalised sentence vectors of dimension ``dim`` from encoder
-    layer ``config.layer`` (:func:`registry.embeddings.encode_texts`), except label vectors,
-    which come from the last layer (:func:`registry.embeddings.label_embedding`).
+    layer ``config.layer`` (:func:`retrieval.profiles.encode_texts`), except label vectors,
+    which come from the last layer (:func:`retrieval.profiles.label_embedding`).
     """
 
     def __init__(self, dim: int, config: RouterConfig | None = None):
@@ -153,7 +153,7 @@ class TaskRouter:
     def add_task(self, name: str, vectors: np.ndarray, label_vector: np.ndarray | None = None) -> None:
         """Register ``name`` from a sample of its inputs' vectors ``(n, dim)`` (a few hundred).
 
-        ``label_vector`` ``(dim,)``: :func:`registry.embeddings.label_embedding` of its label
+        ``label_vector`` ``(dim,)``: :func:`retrieval.profiles.label_embedding` of its label
         names, if it has any. A name can be added once; to replace or drop a task, build a new
         router from the stored samples.
         """
@@ -200,14 +200,14 @@ class TaskRouter:
 
     def task_vectors(self) -> np.ndarray:
         """``(t, 2*dim)``: the registered tasks' embeddings (what :meth:`related` compares)."""
-        return task_embeddings(self.routing_vectors(), np.stack(self._labels), self._label_mean(), self.config.label_weight)
+        return task_profiles(self.routing_vectors(), np.stack(self._labels), self._label_mean(), self.config.label_weight)
 
     def _label_mean(self) -> np.ndarray:
         labs = np.stack(self._labels)
         has = np.linalg.norm(labs, axis=1) > 0
         return labs[has].mean(0) if has.sum() >= 2 else np.zeros(self.dim, np.float32)
 
-    def embed_task(self, vectors: np.ndarray, label_vector: np.ndarray | None = None) -> np.ndarray:
+    def profile_task(self, vectors: np.ndarray, label_vector: np.ndarray | None = None) -> np.ndarray:
         """Embedding ``(2*dim,)`` of a task that is *not* registered, in the current library's space.
 
         Pass it to :meth:`related` to see the nearest registered tasks before (or without) adding it.
@@ -215,7 +215,7 @@ class TaskRouter:
         x = self._check(vectors, "vectors")
         lab = np.zeros((1, self.dim), np.float32) if label_vector is None else self._check(label_vector, "label_vector")
         route = routing_vectors(x.mean(0, keepdims=True), self.whitening())
-        return task_embeddings(route, lab, self._label_mean(), self.config.label_weight)[0]
+        return task_profiles(route, lab, self._label_mean(), self.config.label_weight)[0]
 
     def _source_checksum(self, what: str) -> str:
         # Identifies the state an index was built from; compared on load to detect a stale file.
@@ -264,7 +264,7 @@ class TaskRouter:
 
     def related(self, task_or_vector: str | np.ndarray, k: int = 3) -> list[Related]:
         """The ``k`` registered tasks nearest to a registered task (by name; itself excluded) or to
-        a task embedding from :meth:`embed_task`, best first."""
+        a task profile from :meth:`profile_task`, best first."""
         _, tasks = self._indexes()
         if isinstance(task_or_vector, str):
             if task_or_vector not in self._names:
@@ -275,7 +275,7 @@ class TaskRouter:
             query = np.asarray(task_or_vector, np.float32).reshape(-1)
             if query.shape[0] != 2 * self.dim:
                 raise ValueError(
-                    f"a task embedding has dimension {2 * self.dim} (from TaskRouter.embed_task), got {query.shape[0]}."
+                    f"a task profile has dimension {2 * self.dim} (from TaskRouter.profile_task), got {query.shape[0]}."
                 )
             query = normalize(query)
             exclude = None
@@ -352,14 +352,15 @@ class TextRouter:
     base encoder the router's vectors came from (layer ``router.config.layer``).
     """
 
-    def __init__(self, router: TaskRouter, model, tokenizer, bf16: bool = True):
-        self.router, self.model, self.tokenizer, self.bf16 = router, model, tokenizer, bf16
+    def __init__(self, router: TaskRouter, model, tokenizer, precision: str = "auto"):
+        self.router, self.model, self.tokenizer, self.precision = router, model, tokenizer, precision
 
     def encode(self, texts: Sequence[str], layer: int | None = None) -> np.ndarray:
         """``(n, dim)`` vectors of ``texts`` at ``layer`` (default: the router's layer)."""
         layer = self.router.config.layer if layer is None else layer
         return encode_texts(
-            self.model, self.tokenizer, texts, layer=layer, max_length=self.router.config.max_length, bf16=self.bf16
+            self.model, self.tokenizer, texts, layer=layer, max_length=self.router.config.max_length,
+            precision=self.precision
         )
 
     def task_inputs(
@@ -375,7 +376,7 @@ class TextRouter:
     def related_to(self, texts: Sequence[str], labels: Sequence[str] | None = None, k: int = 3) -> list[Related]:
         """Registered tasks nearest to a task given by its training inputs (not added)."""
         vectors, label_vector = self.task_inputs(texts, labels)
-        return self.router.related(self.router.embed_task(vectors, label_vector), k=k)
+        return self.router.related(self.router.profile_task(vectors, label_vector), k=k)
 
     def add_task(
         self, name: str, texts: Sequence[str], labels: Sequence[str] | None = None

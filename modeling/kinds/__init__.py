@@ -1,0 +1,22 @@
+"""Adapter kinds: one module per kind, registered here with one explicit call each."""
+from modeling.kinds.base import KINDS, AdapterKind, KindConfig, KindError, get_kind, register_kind
+from modeling.kinds.bottleneck import BottleneckConfig, BottleneckAdapterKind
+from modeling.kinds.full import FullConfig, FullFineTuningKind
+from modeling.kinds.lora import LoraKind, LoraKindConfig
+from modeling.kinds.prompt import PrefixConfig, PrefixTuningKind, PromptConfig, PromptTuningKind
+from modeling.kinds.shared_lora import SharedALoraKind, SharedLoraConfig, SharedLoraKind
+from modeling.kinds.task_embedding import TaskEmbeddingConfig, TaskEmbeddingKind
+
+register_kind(LoraKind())
+register_kind(SharedLoraKind())  # shared-b-lora
+register_kind(SharedALoraKind())  # shared-a-lora
+register_kind(TaskEmbeddingKind())
+register_kind(BottleneckAdapterKind())  # adapter
+register_kind(PrefixTuningKind())
+register_kind(PromptTuningKind())
+register_kind(FullFineTuningKind())
+
+__all__ = [
+    "KINDS", "AdapterKind", "KindConfig", "KindError", "get_kind", "register_kind", "LoraKindConfig",
+    "SharedLoraConfig", "TaskEmbeddingConfig", "BottleneckConfig", "PrefixConfig", "PromptConfig", "FullConfig",
+]

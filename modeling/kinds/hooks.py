@@ -1,0 +1,144 @@
+"""Helpers every hooked adapter kind uses: finding target modules, forward hooks, checked loading.
+
+Hooked kinds (bottleneck adapters, shared-factor LoRA, task-embedding adapters) run as forward hooks
+on the base encoder's projections instead of replacing them, so the encoder keeps the structure peft
+expects and LoRA can be injected into the same encoder.  Each kind keeps its modules in one
+`nn.Module` per model (its *layers*, `model.adapter_modules[kind.name]`) with a
+`delta(key, x, out)` method that the hook calls.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from modeling.kinds.base import KindError
+
+# Houlsby sites per architecture: the attention-output and the FFN-output projections.
+HOULSBY_SITES: dict[str, list[str]] = {
+    "bert": ["attention.output.dense", "output.dense"],
+    "roberta": ["attention.output.dense", "output.dense"],
+    "xlm-roberta": ["attention.output.dense", "output.dense"],
+    "electra": ["attention.output.dense", "output.dense"],
+    "distilbert": ["attention.out_lin", "ffn.lin2"],
+    "gpt2": ["attn.c_proj", "mlp.c_proj"],
+    "llama": ["self_attn.o_proj", "mlp.down_proj"],
+    "qwen2": ["self_attn.o_proj", "mlp.down_proj"],
+    "mistral": ["self_attn.o_proj", "mlp.down_proj"],
+}
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+def split_names(value: Any) -> list[str] | None:
+    """`--set target_modules=a,b` arrives as a string; configs keep a list."""
+    if isinstance(value, str):
+        return [m.strip() for m in value.split(",") if m.strip()]
+    return list(value) if value is not None else None
+
+
+def check_share_group(group: str) -> None:
+    if not group or "." in group:
+        raise KindError(f"share_group={group!r} must be a non-empty name without '.'; set --set share_group=default")
+
+
+def resolve_sites(targets: list[str] | None, model_type: str) -> list[str]:
+    if targets:
+        return list(targets)
+    try:
+        return list(HOULSBY_SITES[model_type])
+    except KeyError:
+        raise KindError(
+            f"no default adapter sites for model type '{model_type}'; "
+            f"set --set target_modules=attn_out_name,ffn_out_name"
+        ) from None
+
+
+def find_target_modules(encoder: nn.Module, targets: list[str]) -> list[tuple[str, nn.Module]]:
+    """(dotted name, module) of every module whose name is or ends with `.target`, in model order.
+
+    peft-wrapped layers resolve to their base layer (hooks then see the frozen base output) and
+    peft's own sub-modules (lora_A.<slot>, ...) are skipped, so slots named like a target can't match.
+    """
+    found, seen = [], set()
+    for name, module in encoder.named_modules():
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts) or parts[-1] == "base_layer":
+            continue
+        if any(name == t or name.endswith("." + t) for t in targets):
+            base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+            if id(base) not in seen:
+                seen.add(id(base))
+                found.append((name, base))
+    if not found:
+        raise KindError(f"target modules {targets} not found in the base model; set --set target_modules=name1,name2")
+    return found
+
+
+def io_features(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a Linear, or of a GPT-2 Conv1D (weight stored as (d_in, d_out))."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        return tuple(module.weight.shape)  # type: ignore[return-value]
+    raise KindError(f"cannot adapt {type(module).__name__}: only Linear layers are supported; set --set target_modules=...")
+
+
+def meta_encoder(base_config: Any) -> nn.Module:
+    """A weightless copy of the architecture, for closed-form parameter counts."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        return AutoModel.from_config(base_config)
+
+
+def site_key(name: str) -> str:
+    return name.replace(".", "-")  # ModuleDict / ParameterDict keys can't contain "."
+
+
+def add_output_hook(layers: nn.Module, key: str, module: nn.Module) -> None:
+    """Once per (layers, site): module's output <- layers.delta(key, input (..., d_in), output (..., d_out)).
+
+    `delta` returns None to leave the output alone.  The base encoder is shared by every AdapterModel
+    of the process, so the hook holds the layers only weakly and removes itself once they are gone;
+    it fires only on the module it was registered on (a deep copy of the encoder inherits the hook
+    but not its effect).
+    """
+    hooked: set[str] = layers.__dict__.setdefault("_hooked_sites", set())
+    if key in hooked:
+        return
+    module_ref, layers_ref = weakref.ref(module), weakref.ref(layers)
+
+    def hook(mod: nn.Module, args: tuple, output: torch.Tensor):
+        owner = layers_ref()
+        if owner is None:
+            handle.remove()
+            return None
+        if mod is not module_ref():
+            return None
+        return owner.delta(key, args[0], output)
+
+    handle = module.register_forward_hook(hook)
+    hooked.add(key)
+
+
+def load_prefixed(modules: nn.ModuleDict, site_names: dict[str, str], state: dict[str, torch.Tensor], what: str) -> None:
+    """Load `{dotted site name}.{param}` keys into a ModuleDict keyed by site key; refuse a mismatch."""
+    expected = {f"{site_names[key]}.{k}" for key, mod in modules.items() for k in mod.state_dict()}
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise KindError(f"{what} weights do not fit this base model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for key, mod in modules.items():
+            for k, v in mod.state_dict().items():
+                copy_checked(v, state[f"{site_names[key]}.{k}"], f"{site_names[key]}.{k}", what)
+
+
+def copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str, what: str) -> None:
+    if dst.shape != src.shape:
+        raise KindError(f"{what} weight {name} has shape {tuple(src.shape)}, this model needs {tuple(dst.shape)}: "
+                        f"it was trained on another base model or with other settings")
+    with torch.no_grad():
+        dst.copy_(src)
