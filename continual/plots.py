@@ -1,4 +1,5 @@
-"""A heatmap of the accuracy matrix R, drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
+"""Pictures of the accuracy matrix R (a heatmap, and every task's accuracy along the sequence on one
+axis), drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,4 +40,45 @@ def save_heatmap(R: Sequence[Sequence[float | None]], tasks: Sequence[str], path
     """Write the heatmap of R as a PNG; returns the path."""
     path = Path(path)
     heatmap_figure(R, tasks, title).savefig(path, format="png")
+    return path
+
+
+def curves_figure(R: Sequence[Sequence[float | None]], tasks: Sequence[str],
+                  before: Sequence[float | None] | None = None, title: str = ""):
+    """Every task's accuracy along the sequence on ONE common 0-100% axis: x = trained through task i,
+    one line per task from its own training on.  MLflow's own charts auto-scale each `acc/<task>` on its
+    own axis, so a drop from 96 to 94 looks like a cliff there; here drops read at their true size.
+    `before[j]` (R[j-1][j], the fresh slot just before task j trained) is drawn as an open marker."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    T = len(tasks)
+    fig = Figure(figsize=(2.5 + 1.1 * T, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for j, task in enumerate(tasks):
+        xs = [i for i in range(T) if R[i][j] is not None]
+        if not xs:
+            continue
+        line, = ax.plot(xs, [100 * float(R[i][j]) for i in xs], marker="o", label=task)
+        if before is not None and j > 0 and before[j] is not None:
+            ax.plot([j - 1], [100 * float(before[j])], marker="o", fillstyle="none", color=line.get_color())
+    ax.set_ylim(0, 100)
+    ax.set_xlim(-0.3, T - 0.7)
+    ax.set_xticks(range(T), labels=[f"after {t}" for t in tasks], rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, ncol=2 if T > 4 else 1)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_curves(R: Sequence[Sequence[float | None]], tasks: Sequence[str], path: str | Path,
+                before: Sequence[float | None] | None = None, title: str = "") -> Path:
+    """Write `curves_figure` as a PNG; returns the path."""
+    path = Path(path)
+    curves_figure(R, tasks, before, title).savefig(path, format="png")
     return path

@@ -40,6 +40,18 @@ if TYPE_CHECKING:
 EVAL_SEED = 0  # which test examples `eval_limit` keeps: fixed, so every row evaluates the same ones
 MATRIX_FILE = "accuracy_matrix.json"
 HEATMAP_FILE = "accuracy_matrix.png"
+CURVES_FILE = "accuracy_curves.png"
+# The parent run's description in the MLflow UI: how to read what the sequence logged.
+READING_GUIDE = """Task sequence `{name}`, method `{method}`: {tasks}.
+
+How to read it:
+- **accuracy_curves.png** (Artifacts): every task's test accuracy after each training step, all on one 0-100% axis.
+  A line that falls after its own task is forgetting; open markers are a task's fresh slot just before it trained.
+- **accuracy_matrix.png / .json**: R[i][j] = accuracy on task j after training through task i (rows = time).
+- Metrics `cl/acc`, `cl/bwt` (negative = forgetting), `cl/fwt`, `cl/forgetting` after each step, `final/*` at the end.
+- Charts of `acc/<task>`: MLflow scales each chart to its own range, so small changes look large there; the
+  curves figure is the faithful view.
+"""
 
 
 class SequenceError(ContinualError):
@@ -307,6 +319,8 @@ class SequenceRunner:
         try:
             with self.registry.run(f"sequence-{spec.name}", tags) as parent:
                 self.parent = parent
+                parent.set_tags({T.RUN_DESCRIPTION: READING_GUIDE.format(
+                    name=spec.name, method=spec.method, tasks=" → ".join(spec.tasks))})
                 parent.log_params({**run_params(self.config, self.base, self.data[spec.tasks[0]].spec),
                                    "tasks": ",".join(spec.tasks), "method": spec.method,
                                    "eval_limit": spec.eval_limit, "task_agnostic": spec.task_agnostic})
@@ -411,7 +425,7 @@ def _accuracy(model, tokenizer, examples, task: str, available: set[str], router
 
 
 def _log_artifacts(run, matrix: AccuracyMatrix, title: str) -> None:
-    from continual.plots import save_heatmap
+    from continual.plots import save_curves, save_heatmap
 
     with tempfile.TemporaryDirectory(prefix="continual-seq-") as tmp:
         path = Path(tmp) / MATRIX_FILE
@@ -419,3 +433,6 @@ def _log_artifacts(run, matrix: AccuracyMatrix, title: str) -> None:
         run.log_artifact(path)
         save_heatmap(matrix.R, matrix.tasks, Path(tmp) / HEATMAP_FILE, title=title)
         run.log_artifact(Path(tmp) / HEATMAP_FILE)
+        before = [None] + [matrix.R[j - 1][j] for j in range(1, len(matrix.tasks))]
+        save_curves(matrix.R, matrix.tasks, Path(tmp) / CURVES_FILE, before=before, title=title)
+        run.log_artifact(Path(tmp) / CURVES_FILE)

@@ -74,9 +74,12 @@ class MlflowStore:
             exp = self.client.get_experiment_by_name(T.EXPERIMENT)
             if exp is not None:
                 self._experiment_id = exp.experiment_id
+                if exp.tags.get(T.EXPERIMENT_KIND) != T.MODEL_TRAINING:  # stores made before the tag existed
+                    self.client.set_experiment_tag(exp.experiment_id, T.EXPERIMENT_KIND, T.MODEL_TRAINING)
             else:
                 location = Path(self.artifact_root).as_uri() if self.artifact_root else None
-                self._experiment_id = self.client.create_experiment(T.EXPERIMENT, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(
+                    T.EXPERIMENT, artifact_location=location, tags={T.EXPERIMENT_KIND: T.MODEL_TRAINING})
         return self._experiment_id
 
     # -- registered models (tasks and shared parts) ---------------------------------------------

@@ -5,6 +5,9 @@ Values are what stores already hold; a constant's name says what the tag means w
 from __future__ import annotations
 
 EXPERIMENT = "continual"  # the one MLflow experiment every run lives in
+# MLflow 3 opens an experiment in its GenAI "Evaluations" view unless told it holds model training.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+RUN_DESCRIPTION = "mlflow.note.content"  # MLflow's own tag: a run's description in the UI
 
 # -- on registered models ------------------------------------------------------------------------
 IS_TASK = "continual.task"  # "1": this registered model is a task

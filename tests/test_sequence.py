@@ -178,6 +178,28 @@ def test_artifacts_matrix_json_and_heatmap(lora_run, reg):
     assert data["tasks"] == names and data["R"] == result.R and data["b"] == result.matrix.b
     assert data["versions"][2][0] == f"{names[0]}:1"
     assert (folder / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "accuracy_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_mlflow_ui_opens_the_training_view_and_says_how_to_read_the_run(lora_run, reg):
+    names, result = lora_run
+    experiment = reg.store.client.get_experiment(reg.store.experiment_id)
+    # MLflow 3 shows an untagged experiment in its GenAI view, without the runs' charts.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = reg.store.get_run(result.parent_run_id).data.tags["mlflow.note.content"]
+    assert "accuracy_curves.png" in note and " → ".join(names) in note
+
+
+def test_curves_share_one_axis_and_start_at_each_tasks_training():
+    from continual.plots import curves_figure
+
+    R = [[0.9, None, None], [0.8, 0.7, None], [0.75, 0.6, 0.95]]
+    fig = curves_figure(R, ["a", "b", "c"], before=[None, 0.3, 0.2])
+    (ax,) = fig.axes
+    assert ax.get_ylim() == (0, 100)
+    lines = [line for line in ax.get_lines() if line.get_label() in ("a", "b", "c")]
+    assert [list(line.get_xdata()) for line in lines] == [[0, 1, 2], [1, 2], [2]]
+    assert list(lines[0].get_ydata()) == pytest.approx([90, 80, 75])
 
 
 # -- task-agnostic evaluation ---------------------------------------------------------------------------------------
