@@ -9,6 +9,12 @@ never over samples.
     BWT        = 1/(T-1)   Σ_{j<T-1}  (R[T-1][j] − R[j][j])                      negative = forgetting
     FWT        = 1/(T-1)   Σ_{j≥1}    (R[j-1][j] − b[j])
     Forgetting = 1/(T-1)   Σ_{j<T-1}  max_{l∈[j,T-2]} (R[l][j] − R[T-1][j])       (Chaudhry et al. 2018)
+    Probe FWT  = 1/(T-1)   Σ_{j≥1}    (P_after[j] − P_before[j])
+
+`P_before[j]` / `P_after[j]`: a linear probe's accuracy on task j (only a new head trained, on the frozen
+model; `continual.probe`) with task j's starting slot on the untouched model / on the model as tasks
+0..j-1 left it (warm-started where the sequence says so).  FWT is 0 by construction for isolated kinds;
+the probe shows whether the representation a task starts from got better for it.
 
 A sequence of one task has no earlier task to forget and no later task to transfer to: BWT, FWT and
 forgetting are defined as 0.0 for T = 1 (not NaN), so a metric history starts at a number.
@@ -19,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["as_matrix", "acc", "bwt", "fwt", "forgetting", "cl_metrics"]
+__all__ = ["as_matrix", "acc", "bwt", "fwt", "forgetting", "probe_fwt", "cl_metrics"]
 
 
 def as_matrix(R: Sequence[Sequence[float | None]] | np.ndarray) -> np.ndarray:
@@ -70,6 +76,19 @@ def fwt(R, b: Sequence[float | None]) -> float:
     if np.isnan(base[1:]).any():
         raise ValueError("FWT needs b[j] for every j >= 1")
     return float(np.mean([M[j - 1, j] - base[j] for j in range(1, T)]))
+
+
+def probe_fwt(after: Sequence[float | None], before: Sequence[float | None]) -> float:
+    """Linear-probe forward transfer: mean over j >= 1 of after[j] − before[j] (0.0 for one task)."""
+    if len(after) != len(before):
+        raise ValueError(f"probe accuracies: {len(after)} after, {len(before)} before")
+    T = len(after)
+    if T <= 1:
+        return 0.0
+    pairs = [(after[j], before[j]) for j in range(1, T)]
+    if any(a is None or b is None or np.isnan(a) or np.isnan(b) for a, b in pairs):
+        raise ValueError("probe FWT needs both probe accuracies for every j >= 1")
+    return float(np.mean([a - b for a, b in pairs]))
 
 
 def forgetting(R) -> float:

@@ -25,6 +25,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
@@ -69,6 +70,10 @@ class SequenceSpec:
     task_agnostic: bool = False  # predict without task names: a router picks the task of each example
     router: str = "index"  # task-agnostic router: "index" (the store's FAISS task router) or "oracle" (true task)
     base_model: str | None = None  # Hugging Face id or local path (default: all-MiniLM-L6-v2)
+    # "related": each task after the first starts from the adapter of its nearest task (registry.related)
+    # among those the sequence already trained; "none": every task starts fresh.  Adapter-kind methods only.
+    init_from: str = "none"
+    linear_probe: bool = False  # also measure linear-probe forward transfer (continual.probe, cl/probe_fwt)
     source: str = "sequence"  # where the spec came from (error messages)
 
     REQUIRED = ("name", "tasks", "method")
@@ -103,14 +108,21 @@ class SequenceSpec:
             raise SequenceError(f"{where}: 'task_agnostic' must be true or false, got {self.task_agnostic!r}")
         if self.router not in ("index", "oracle"):
             raise SequenceError(f"{where}: 'router' must be index or oracle, got {self.router!r}")
+        if self.init_from not in ("none", "related"):
+            raise SequenceError(f"{where}: 'init_from' must be none or related, got {self.init_from!r}")
+        if not isinstance(self.linear_probe, bool):
+            raise SequenceError(f"{where}: 'linear_probe' must be true or false, got {self.linear_probe!r}")
         if self.base_model is not None and not isinstance(self.base_model, str):
             raise SequenceError(f"{where}: 'base_model' must be a model id or path, got {self.base_model!r}")
-        from continual.methods import MethodError, make_method
+        from continual.methods import BASELINES, MethodError, make_method
 
         try:
             make_method(self.method, self.train_config().kind_options)  # checks the method and its settings
         except MethodError as err:
             raise SequenceError(f"{where}: {err}") from None
+        if self.init_from != "none" and self.method in BASELINES:
+            raise SequenceError(f"{where}: init_from: {self.init_from} needs an adapter-kind method (each task its own "
+                                f"adapter), not the baseline '{self.method}'; use init_from: none")
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -205,6 +217,10 @@ class AccuracyMatrix:
     b: list[float | None] = field(default_factory=list)
     versions: list[list[str | None]] = field(default_factory=list)  # adapter version each cell evaluated
     shared: list[str | None] = field(default_factory=list)  # row i: version holding the shared part in force
+    # linear-probe accuracy of task j's starting slot: on the untouched model / as tasks 0..j-1 left it
+    probe_before: list[float | None] = field(default_factory=list)
+    probe_after: list[float | None] = field(default_factory=list)
+    init_from: list[str | None] = field(default_factory=list)  # adapter version task j was warm-started from
 
     def __post_init__(self) -> None:
         T = len(self.tasks)
@@ -212,6 +228,9 @@ class AccuracyMatrix:
         self.b = self.b or [None] * T
         self.versions = self.versions or [[None] * T for _ in range(T)]
         self.shared = self.shared or [None] * T
+        self.probe_before = self.probe_before or [None] * T
+        self.probe_after = self.probe_after or [None] * T
+        self.init_from = self.init_from or [None] * T
 
     def metrics_at(self, i: int) -> dict[str, float | None]:
         """ACC, BWT, FWT, forgetting of R[:i+1, :i+1] (None where the cells they need are missing)."""
@@ -225,10 +244,17 @@ class AccuracyMatrix:
                 out[key] = fn(sub)
             except ValueError:
                 out[key] = None
-        return {k: out[k] for k in ("acc", "bwt", "fwt", "forgetting")}
+        result = {k: out[k] for k in ("acc", "bwt", "fwt", "forgetting")}
+        if any(v is not None for v in self.probe_before):  # the sequence measured linear probes
+            try:
+                result["probe_fwt"] = m.probe_fwt(self.probe_after[: i + 1], self.probe_before[: i + 1])
+            except ValueError:
+                result["probe_fwt"] = None
+        return result
 
     def to_json(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "R": self.R, "b": self.b, "versions": self.versions, "shared": self.shared}
+        return {"tasks": self.tasks, "R": self.R, "b": self.b, "versions": self.versions, "shared": self.shared,
+                "probe_before": self.probe_before, "probe_after": self.probe_after, "init_from": self.init_from}
 
 
 @dataclass
@@ -284,6 +310,7 @@ class SequenceRunner:
         self.evals = {t: subsample(self.data[t].test, spec.eval_limit, EVAL_SEED) for t in spec.tasks}
         self.router = self._choose_router(router)
         self.matrix = AccuracyMatrix(list(spec.tasks))
+        self.trained_versions: dict[str, str] = {}  # task -> the version this sequence registered for it
         self.history: list[dict[str, float | None]] = []
         self.train_seconds = 0.0
         self.eval_kwargs = dict(max_length=self.config.max_length, batch_size=self.config.eval_batch_size,
@@ -344,8 +371,11 @@ class SequenceRunner:
     def measure_baselines(self) -> None:
         """b[j]: every task's fresh slot (seeded exactly as its training will start it) on the untouched model."""
         for j, t in enumerate(self.spec.tasks):
-            self.matrix.b[j] = self.probe(t, set())
+            self.matrix.b[j], self.matrix.probe_before[j] = self.probe(t, set())
         self.parent.log_metrics({f"b/{t}": self.matrix.b[j] for j, t in enumerate(self.spec.tasks)}, step=0)
+        if self.spec.linear_probe:
+            self.parent.log_metrics({f"probe_before/{t}": self.matrix.probe_before[j]
+                                     for j, t in enumerate(self.spec.tasks)}, step=0)
 
     def train_jointly(self) -> None:
         """Joint training (mtl): only the last row of R exists."""
@@ -361,9 +391,14 @@ class SequenceRunner:
         """R[i-1][i] (the fresh slot on the model tasks 0..i-1 left), train task i, then row i of R."""
         seen = self.spec.tasks[: i + 1]
         if i > 0:
-            self.matrix.R[i - 1][i] = self.probe(task, set(seen[:-1]))
+            self.choose_warm_start(i, task)
+            self.matrix.R[i - 1][i], self.matrix.probe_after[i] = self.probe(task, set(seen[:-1]))
             self.parent.log_metrics({f"before/{task}": self.matrix.R[i - 1][i]}, step=i - 1)
+            if self.spec.linear_probe:
+                self.parent.log_metrics({f"probe_after/{task}": self.matrix.probe_after[i]}, step=i - 1)
         outcome = self.method.train(self.ctx, i, task)
+        if outcome.version is not None:
+            self.trained_versions[task] = outcome.version.ref
         self.train_seconds += outcome.seconds
         if outcome.version is not None:
             self.matrix.versions[i][i] = outcome.version.ref
@@ -379,13 +414,34 @@ class SequenceRunner:
         return _accuracy(self.model, self.base.tokenizer, self.evals[task], task, available, self.router,
                          self.eval_kwargs)
 
-    def probe(self, task: str, available: set[str]) -> float:
-        """Accuracy of `task`'s fresh slot, as its training would start it; the model is left as it was."""
+    def probe(self, task: str, available: set[str]) -> tuple[float, float | None]:
+        """(accuracy, linear-probe accuracy or None) of `task`'s slot exactly as its training would start it
+        (fresh, or warm-started); the model is left as it was."""
+        from continual.probe import probe_accuracy
+
         self.method.add_slot(self.ctx, task)
         try:
-            return self.evaluate(task, available | {task})
+            accuracy = self.evaluate(task, available | {task})
+            probed = None
+            if self.spec.linear_probe:
+                probed = probe_accuracy(self.model, task, self.base.tokenizer, self.ctx.train_examples(task),
+                                        self.evals[task], max_length=self.config.max_length,
+                                        precision=self.config.resolved_precision)
+            return accuracy, probed
         finally:
             self.model.remove_slot(task)
+
+    def choose_warm_start(self, i: int, task: str) -> None:
+        """With `init_from: related`, the nearest task (registry.related) among those this sequence trained
+        already gives task i its starting adapter: the version the sequence registered for it."""
+        if self.spec.init_from != "related":
+            return
+        for related in self.registry.related(task, k=len(self.registry.tasks())):
+            if related.task in self.trained_versions:
+                self.ctx.init_sources[task] = self.matrix.init_from[i] = self.trained_versions[related.task]
+                return
+        warnings.warn(f"init_from: related found no related task with an adapter for '{task}'; it starts fresh",
+                      RuntimeWarning, stacklevel=2)
 
     def log_row(self, i: int) -> None:
         row_metrics = self.matrix.metrics_at(i)

@@ -90,3 +90,14 @@ def test_missing_cells_name_themselves():
     with pytest.raises(ValueError, match="b has 1 entries"):
         fwt([[0.9, 0.1], [0.5, 0.8]], [0.2])
     assert math.isnan(as_matrix([[N]])[0, 0])
+
+
+def test_probe_fwt_on_hand_worked_values():
+    from continual.metrics import probe_fwt
+
+    # j=1: 0.70-0.50 = +0.20; j=2: 0.40-0.60 = -0.20; j=0 never counts -> mean 0.0
+    assert probe_fwt([0.9, 0.7, 0.4], [0.1, 0.5, 0.6]) == pytest.approx(0.0)
+    assert probe_fwt([0.3, 0.8], [0.3, 0.5]) == pytest.approx(0.3)
+    assert probe_fwt([0.5], [0.2]) == 0.0
+    with pytest.raises(ValueError):
+        probe_fwt([0.5, None], [0.2, 0.3])

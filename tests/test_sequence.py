@@ -268,3 +268,26 @@ def test_cli_run_bad_file_is_one_red_line(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().startswith("error:") and "appears twice" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_init_from_related_warm_starts_from_the_nearest_trained_task_and_probes_transfer(reg, demo_files,
+                                                                                          tiny_base_dir):
+    names = register(reg, demo_files, "warm", n=2)
+    result = run_sequence(reg, spec_for(names, base=tiny_base_dir, name="warm", init_from="related",
+                                        linear_probe=True, method="lora"))
+    m = result.matrix
+    assert m.init_from == [None, f"{names[0]}:1"]  # the only earlier task is the nearest one
+    version = reg.resolve(names[1])
+    assert version.tags["parent_adapter"] == f"{names[0]}:1"
+    # the warm-started slot is not the fresh one: R[0][1] measures it (forward transfer is no longer 0 by design)
+    assert m.probe_before[1] is not None and m.probe_after[1] is not None
+    assert result.metrics["probe_fwt"] == pytest.approx(m.probe_after[1] - m.probe_before[1])
+    history = reg.store.metric_history(result.parent_run_id, "cl/probe_fwt")
+    assert [h.step for h in history] == [0, 1]
+
+
+def test_init_from_related_is_refused_for_baselines(reg):
+    with pytest.raises(SequenceError, match="init_from: related needs an adapter-kind method"):
+        SequenceSpec.from_dict({"name": "x", "tasks": ["a"], "method": "seq-lora", "init_from": "related"})
+    with pytest.raises(SequenceError, match="'init_from' must be none or related"):
+        SequenceSpec.from_dict({"name": "x", "tasks": ["a"], "method": "lora", "init_from": "auto"})

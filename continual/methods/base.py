@@ -47,6 +47,7 @@ class SequenceContext:
     parent_run_id: str
     base_model: str | None = None  # as the sequence file gave it (None: the default base model)
     show_progress: bool = False
+    init_sources: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> version ref to warm-start from
 
     def train_examples(self, task: str) -> list[Example]:
         """The task's training examples after `train_limit` (the same ones train_task uses)."""
@@ -114,6 +115,11 @@ class Method:
         L.seed_everything(ctx.config.seed, workers=True, verbose=False)
         kind_config = get_kind(self.kind).make_config(ctx.config.flat())
         ctx.model.add_slot(task, self.kind, kind_config, ctx.data[task].spec.labels)
+        source = ctx.init_sources.get(task)
+        if source is not None:  # `init_from: related`: start as its training will, from the chosen adapter
+            from continual.warm_start import warm_start
+
+            warm_start(ctx.registry, ctx.model, task, ctx.base, ctx.registry.resolve(source))
 
     def train(self, ctx: SequenceContext, i: int, task: str) -> StepOutcome:
         raise NotImplementedError

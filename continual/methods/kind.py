@@ -34,6 +34,6 @@ class KindMethod(Method):
 
         result = train_task(ctx.registry, task, ctx.config, method=self.kind, base_model=ctx.base_model,
                             show_progress=ctx.show_progress, parent_run_id=ctx.parent_run_id, model=ctx.model,
-                            extra_tags=ctx.tags())
+                            extra_tags=ctx.tags(), init_from=ctx.init_sources.get(task))
         return StepOutcome(result.run_id, result.version, result.seconds, result.steps,
                            shared_ref=result.version.tags.get(T.SHARED_PART))
