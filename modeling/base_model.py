@@ -38,9 +38,14 @@ class BaseModel:
     fingerprint: str
     pristine: nn.Module | None = None  # untouched copy: inference injects adapters into `encoder`
 
+    def frozen_reference(self) -> nn.Module:
+        """The base weights with no adapter ever attached (for task profiles and routing): inference
+        attaches adapters to `encoder` in place, training works on copies of this one."""
+        return self.pristine if self.pristine is not None else self.encoder
+
     def fresh_encoder(self) -> nn.Module:
         """A private copy of the base weights for training, free of any adapter loaded for inference."""
-        return copy.deepcopy(self.pristine if self.pristine is not None else self.encoder)
+        return copy.deepcopy(self.frozen_reference())
 
     @property
     def hidden_size(self) -> int:

@@ -51,7 +51,9 @@ class ProfileIndex:
 
     def _encoder(self, router: TaskRouter) -> TextRouter:
         base = load_base_model(self.encoder_id)
-        return TextRouter(router, base.encoder, base.tokenizer)
+        # The untouched copy of the base: adapters loaded for inference attach to `base.encoder` in place
+        # (peft layers, hooks), and a slot left active there must never change a route or a stored profile.
+        return TextRouter(router, base.frozen_reference(), base.tokenizer)
 
     def _empty_router(self) -> TaskRouter:
         base = load_base_model(self.encoder_id)

@@ -70,3 +70,24 @@ def test_warm_start_errors(reg, tiny_base_dir):
     with pytest.raises(WarmStartError, match="its adapter is 'lora' but this training uses 'adapter'"):
         train_task(reg, "demo-intent", FAST, method="adapter", base_model=str(tiny_base_dir),
                    init_from="demo-sentiment")
+
+
+def test_routes_and_profiles_are_immune_to_adapters_loaded_for_inference(reg):
+    """A prediction leaves its adapter active on the shared inference encoder; routing must not see it."""
+    import numpy as np
+
+    texts = ["set an alarm for six", "the striker scored twice", "shares rose after earnings", "great value, works"]
+    before = reg.index.route(texts, k=3)
+    # a MiniLM adapter (the router's own base model) with large weights, so an active slot would move vectors
+    config = TrainConfig(max_steps=2, batch_size=8, max_length=32, eval_batch_size=32, learning_rate=0.5)
+    result = train_task(reg, "demo-topic", config)
+    reg.load(result.version.ref).predict(texts)  # the slot stays active on the shared encoder
+    after = reg.index.route(texts, k=3)
+    assert [[(r.task, round(r.score, 6)) for r in rs] for rs in after] == \
+        [[(r.task, round(r.score, 6)) for r in rs] for rs in before]
+    from tasks.loaders import Example
+
+    sample = [Example(t, "sports") for t in texts]
+    fresh = AdapterRegistry(reg.store.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0])
+    np.testing.assert_array_equal(reg.index.profile_task(sample, ["sports"])[0],
+                                  fresh.index.profile_task(sample, ["sports"])[0])
