@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from continual.config import ConfigError, TrainConfig
-from modeling.kinds import (
-    KINDS, AdapterKind, BottleneckConfig, FullConfig, KindError, PrefixConfig, PromptConfig, SharedLoraConfig,
-    SharedPartSettings, TaskEmbeddingConfig, get_kind, register_kind,
-)
+from modeling.kinds import KINDS, AdapterKind, KindError, SharedLoraConfig, SharedPartSettings, get_kind, register_kind
 from modeling.kinds.hooks import KIND_HOOK_MARK
 from modeling.kinds.lora import LoraKind, LoraKindConfig
 from modeling.model import AdapterModel
-from tiny import tiny_model
+from tiny import kind_configs, perturb, tiny_model
 
 LABELS = ("a", "b")
 
@@ -21,18 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(kind: str, **changes):
-    """Small settings per kind (a fresh object each call: attach fills in defaults)."""
-    made = {
-        "lora": LoraKindConfig(r=2, lora_dropout=0.0),
-        "shared-b-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
-        "shared-a-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
-        "task-embedding": TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4),
-        "adapter": BottleneckConfig(bottleneck=8),
-        "prefix": PrefixConfig(num_virtual_tokens=3),
-        "prompt": PromptConfig(num_virtual_tokens=3),
-        "full": FullConfig(),
-    }[kind]
-    return dataclasses.replace(made, **changes)
+    return dataclasses.replace(kind_configs()[kind], **changes)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,14 +26,6 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.ones(3, 5, dtype=torch.long)
     mask[2, 3:] = 0
     return ids, mask
-
-
-def perturb(model: AdapterModel, slot: str, seed: int) -> None:
-    """Stand-in for training, so zero-initialised parts (LoRA's B, bottleneck up) change outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.trainable_parameters(slot):
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def snapshot(model: AdapterModel) -> dict:

@@ -5,8 +5,8 @@
 
 Each task still has a slot of its own (kind `lora` or `full`), but the slots are *tied*
 (`AdapterKind.tie`): a new task's slot points at the very modules of the sequence's first slot, so
-there is one tensor per shared weight and training task i moves what tasks 0..i-1 are evaluated with.  That is what makes forgetting
-visible next to per-task adapters.
+there is one tensor per shared weight and training task i moves what tasks 0..i-1 are evaluated
+with.  That is what makes forgetting visible next to per-task adapters.
 
 Registration: the version of task i is an ordinary `lora`/`full` adapter holding the shared weights
 as they are after task i plus task i's head (loadable with `AdapterRegistry.load`); evaluating task

@@ -188,6 +188,16 @@ class AdapterKind(ABC):
             model.adapter_modules[self.name] = self.new_layers(model)
         return model.adapter_modules[self.name]
 
+    def drop_from(self, model: "AdapterModel", slots: nn.ModuleDict, slot: str) -> None:
+        """`drop` for a kind whose slots are the keys of `slots` (a ModuleDict in its layers): delete `slot`,
+        switch it off, and take the layers out with the last slot."""
+        del slots[slot]
+        layers = self.layers(model)
+        if isinstance(layers, KindLayers) and layers.active == slot:
+            layers.active = None
+        if not len(slots):
+            self.remove_layers(model)
+
     def remove_layers(self, model: "AdapterModel") -> None:
         """Take this kind's layers, and the encoder hooks registered for them, out of `model` (its last slot went)."""
         if self.name not in model.adapter_modules:
@@ -204,8 +214,9 @@ def register_kind(kind: AdapterKind) -> None:
     if kind.name in KINDS:
         raise ValueError(f"adapter kind '{kind.name}' is already registered")
     if kind.has_shared_part != issubclass(kind.config_cls, SharedPartSettings):
+        extends = "does not extend" if kind.has_shared_part else "extends"
         raise ValueError(f"adapter kind '{kind.name}': has_shared_part={kind.has_shared_part} but its config "
-                         f"{kind.config_cls.__name__} {'does not extend' if kind.has_shared_part else 'extends'} SharedPartSettings")
+                         f"{kind.config_cls.__name__} {extends} SharedPartSettings")
     KINDS[kind.name] = kind
 
 

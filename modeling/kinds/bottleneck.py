@@ -94,12 +94,7 @@ class BottleneckAdapterKind(AdapterKind):
         layers.adapters[slot] = sites
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        layers = self.layers(model)
-        del layers.adapters[slot]
-        if layers.active == slot:
-            layers.active = None
-        if not len(layers.adapters):
-            self.remove_layers(model)
+        self.drop_from(model, self.layers(model).adapters, slot)
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
         layers = self.layers(model)

@@ -47,10 +47,7 @@ class FullFineTuningKind(AdapterKind):
         self.layers(model)[slot] = plain_copy(model.encoder)
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        layers = self.layers(model)
-        del layers[slot]
-        if not len(layers):
-            self.remove_layers(model)
+        self.drop_from(model, self.layers(model), slot)
 
     def tie(self, model: "AdapterModel", slot: str, source_slot: str) -> None:
         layers = self.layers(model)

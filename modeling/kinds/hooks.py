@@ -9,7 +9,7 @@ this package puts on an encoder (prefix tuning's pre-hooks too) goes through `ad
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -39,16 +39,20 @@ def split_names(value: Any) -> list[str] | None:
     return list(value) if value is not None else None
 
 
-def resolve_sites(targets: list[str] | None, model_type: str) -> list[str]:
+def default_targets(targets: list[str] | None, model_type: str, defaults: Mapping[str, Iterable[str]], what: str,
+                    example: str) -> list[str]:
+    """`targets`, or `defaults[model_type]`; a one-line error naming --set target_modules where there is none."""
     if targets:
         return list(targets)
     try:
-        return list(HOULSBY_SITES[model_type])
+        return list(defaults[model_type])
     except KeyError:
-        raise KindError(
-            f"no default adapter sites for model type '{model_type}'; "
-            f"set --set target_modules=attn_out_name,ffn_out_name"
-        ) from None
+        raise KindError(f"no default {what} for model type '{model_type}'; set --set target_modules={example}") from None
+
+
+def resolve_sites(targets: list[str] | None, model_type: str) -> list[str]:
+    """`targets`, or the Houlsby sites of the architecture."""
+    return default_targets(targets, model_type, HOULSBY_SITES, "adapter sites", "attn_out_name,ffn_out_name")
 
 
 def find_target_modules(encoder: nn.Module, targets: list[str]) -> list[tuple[str, nn.Module]]:

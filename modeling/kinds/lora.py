@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from modeling.kinds.base import AdapterKind, KindConfig, KindError
-from modeling.kinds.hooks import meta_encoder, split_names
+from modeling.kinds.hooks import default_targets, meta_encoder, split_names
 
 if TYPE_CHECKING:
     from modeling.model import AdapterModel
@@ -44,16 +44,9 @@ class LoraKindConfig(KindConfig):
 
 def default_lora_targets(targets: list[str] | None, model_type: str) -> list[str]:
     """`targets`, or peft's default LoRA targets for the architecture (query/value for BERT)."""
-    if targets:
-        return list(targets)
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
-    try:
-        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
-    except KeyError:
-        raise KindError(
-            f"no default LoRA target modules for model type '{model_type}'; set --set target_modules=name1,name2"
-        ) from None
+    return default_targets(targets, model_type, DEFAULTS, "LoRA target modules", "name1,name2")
 
 
 def unwrap_peft_layers(root: nn.Module, only_empty: bool) -> None:

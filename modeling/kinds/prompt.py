@@ -108,10 +108,7 @@ class PromptTuningKind(AdapterKind):
         return config.num_virtual_tokens * base_config.hidden_size
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        layers = self.layers(model)
-        del layers[slot]
-        if not len(layers):
-            self.remove_layers(model)
+        self.drop_from(model, self.layers(model), slot)
 
 
 def _load_module(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -278,9 +275,4 @@ class PrefixTuningKind(AdapterKind):
         return P * H + (H * E + E) + (E * out + out)
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        layers = self.layers(model)
-        del layers.encoders[slot]
-        if layers.active == slot:
-            layers.active = None
-        if not len(layers.encoders):
-            self.remove_layers(model)
+        self.drop_from(model, self.layers(model).encoders, slot)

@@ -110,7 +110,8 @@ class TaskEmbeddingKind(SharedPartKind):
         assert isinstance(config, TaskEmbeddingConfig)
         layers, shared = self.layers(model), nn.ModuleDict()
         for name, module in find_target_modules(model.encoder, config.target_modules):
-            part = ConditionedBottleneck(io_features(module)[1], config.bottleneck, config.task_embedding_dim, config.activation)
+            hidden = io_features(module)[1]
+            part = ConditionedBottleneck(hidden, config.bottleneck, config.task_embedding_dim, config.activation)
             shared[layers.hook_site(name, module)] = part.to(module.weight.device, module.weight.dtype)
         return shared
 
@@ -118,7 +119,8 @@ class TaskEmbeddingKind(SharedPartKind):
         assert isinstance(config, TaskEmbeddingConfig)
         weight = find_target_modules(model.encoder, config.target_modules)[0][1].weight
         e = torch.randn(config.task_embedding_dim, device=weight.device, dtype=weight.dtype)
-        self.layers(model).embeddings[slot] = nn.Parameter(e / config.task_embedding_dim**0.5)  # ‖e‖ ≈ 1; never zero (see top)
+        # ‖e‖ ≈ 1; never zero (see the module docstring)
+        self.layers(model).embeddings[slot] = nn.Parameter(e / config.task_embedding_dim**0.5)
 
     def drop_own(self, layers: SharedPartLayers, slot: str) -> None:
         assert isinstance(layers, TaskEmbeddingLayers)
