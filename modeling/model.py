@@ -36,7 +36,8 @@ class AdapterModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict()  # slot -> Linear(H, num_labels)
         # Kinds keep their modules here (e.g. adapter_modules["shared-b-lora"]), not inside the
-        # encoder, so the encoder's own structure stays what peft and transformers expect.
+        # encoder, so the encoder's own structure stays what peft and transformers expect; only LoRA's
+        # live in the encoder, where peft injects them.
         self.adapter_modules = nn.ModuleDict()
         self.head_dropout = nn.Dropout(head_dropout)
         self.slots: dict[str, SlotInfo] = {}

@@ -213,3 +213,13 @@ def test_lora_settings_are_checked_once_with_the_same_message_everywhere(setting
     assert str(err.value) == message
     assert TrainConfig(target_modules="query, value").target_modules == ["query", "value"]
     assert SharedLoraConfig(target_modules="query,key").target_modules == ["query", "key"]
+
+
+@pytest.mark.parametrize("kind", ["shared-b-lora", "task-embedding", "adapter"])
+def test_a_refused_first_slot_leaves_nothing_behind(kind):
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(KindError, match="not found in the base model"):
+        model.add_slot("t", kind, config(kind, target_modules=["nothing_here"]), LABELS)
+    assert_same(before, snapshot(model))
+    assert not model.slots

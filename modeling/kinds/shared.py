@@ -93,7 +93,12 @@ class SharedPartKind(AdapterKind):
                     f"{field}={getattr(config, field)}; use the group's value or another --set share_group=NAME"
                 )
         if known is None:
-            layers.shared[group] = self.make_shared(model, config)
+            try:
+                layers.shared[group] = self.make_shared(model, config)
+            except KindError:
+                if not layers.slot_config:  # a refused first slot leaves no empty layers (nor hooks) behind
+                    self.remove_layers(model)
+                raise
             layers.group_config[group] = dataclasses.replace(config)
             layers.group_first[group] = slot
         layers.slot_config[slot] = config
