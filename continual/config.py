@@ -70,9 +70,6 @@ class TrainConfig:
             (self.max_length >= 8, "max_length", "an integer >= 8"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.train_limit >= 0, "train_limit", "an integer >= 0 (0: all)"),
-            (self.r >= 1, "r", "an integer >= 1"),
-            (self.lora_alpha > 0, "lora_alpha", "a positive number"),
-            (0 <= self.lora_dropout < 1, "lora_dropout", "a number in [0, 1)"),
         ]
         for ok, key, valid in checks:
             if not ok:
@@ -81,8 +78,14 @@ class TrainConfig:
         from continual.unfreeze import parse_unfreeze_schedule
 
         parse_unfreeze_schedule(self.unfreeze_schedule)  # one-line error for a bad spec
-        if isinstance(self.target_modules, str):
-            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        from modeling.kinds import KindError, LoraKindConfig
+
+        try:  # the LoRA settings are checked (and target_modules split) in one place, the LoRA kind's config
+            lora = LoraKindConfig(r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                                  target_modules=self.target_modules)
+        except KindError as err:
+            raise ConfigError(str(err)) from None
+        self.target_modules = lora.target_modules
 
     @property
     def resolved_precision(self) -> str:

@@ -36,11 +36,15 @@ class AdapterModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict()  # slot -> Linear(H, num_labels)
         # Kinds keep their modules here (e.g. adapter_modules["shared-b-lora"]), not inside the
-        # encoder, so the encoder's own structure stays what peft and transformers expect.
+        # encoder, so the encoder's own structure stays what peft and transformers expect; only LoRA's
+        # live in the encoder, where peft injects them.
         self.adapter_modules = nn.ModuleDict()
         self.head_dropout = nn.Dropout(head_dropout)
         self.slots: dict[str, SlotInfo] = {}
         self.active_slot: str | None = None
+        # Adding or removing a slot can change what the kinds have switched on (peft activates a freshly
+        # injected adapter), so the next activate() sets every kind again, even for the same slot.
+        self._activation_stale = True
         # forward() activates a slot on shared modules; concurrent predictors take turns.
         self.lock = threading.RLock()
 
@@ -59,21 +63,26 @@ class AdapterModel(nn.Module):
         param = next(self.encoder.parameters())
         self.heads[slot] = head.to(device=param.device, dtype=param.dtype)
         self.slots[slot] = SlotInfo(kind, config, tuple(labels))
-        self.active_slot = None  # force re-activation on next forward
+        self._activation_stale = True
 
     def remove_slot(self, slot: str) -> None:
+        """Remove `slot`'s adapter (every module and hook its kind added) and its head."""
         info = self.slots.pop(slot)
         get_kind(info.kind).drop(self, slot)
         del self.heads[slot]
-        self.active_slot = None
+        if self.active_slot == slot:
+            self.active_slot = None
+        self._activation_stale = True
 
     def activate(self, slot: str | None) -> None:
-        if slot == self.active_slot:
+        """Switch every kind to `slot` (None: every kind off, the plain base encoder)."""
+        if slot == self.active_slot and not self._activation_stale:
             return
         kinds = {info.kind for info in self.slots.values()}
         for kind in kinds:
             get_kind(kind).activate(self, slot if slot and self.slots[slot].kind == kind else None)
         self.active_slot = slot
+        self._activation_stale = False
 
     def trainable_parameters(self, slot: str) -> list[nn.Parameter]:
         info = self.slots[slot]

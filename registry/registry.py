@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from modeling.base_model import load_base_model
+from modeling.kinds import get_kind
 from modeling.manifest import (
     BASE_LAYERS_FILE, SHARED_FILE, AdapterManifest, load_adapter_into, read_manifest, verify_checksums, write_adapter_dir,
 )
@@ -221,7 +222,7 @@ class AdapterRegistry:
         with tempfile.TemporaryDirectory(prefix="continual-save-") as tmp:
             checksums = write_adapter_dir(Path(tmp) / "adapter", model, slot, manifest)
             if SHARED_FILE in checksums:
-                group = manifest.kind_config.get("share_group", "default")
+                group = get_kind(manifest.kind).share_group_of(manifest.kind_config_obj())
                 shared_name = f"{manifest.kind}--{group}"
                 shared_dir = Path(tmp) / "shared"
                 shared_dir.mkdir()
@@ -326,8 +327,10 @@ class AdapterRegistry:
         host = private_host(base, slot) if (adapter_dir / BASE_LAYERS_FILE).exists() else host_for(base)
         with host.lock:
             if slot not in host.slots:
-                if shared_state is not None:
-                    config.kind_config["share_group"] = f"{config.kind_config.get('share_group', 'default')}{slot_suffix}"
+                if shared_state is not None:  # a group of its own per shared version (see AdapterKind)
+                    kind, kind_config = get_kind(config.kind), config.kind_config_obj()
+                    config.kind_config = kind.renamed_share_group(
+                        kind_config, f"{kind.share_group_of(kind_config)}{slot_suffix}").to_dict()
                 load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
                 host.eval()
         return Predictor(host, slot, base, config, version.task, version.version, precision=precision)

@@ -6,9 +6,8 @@ from safetensors.torch import load_file, save_file
 from modeling.kinds import (
     KINDS, BottleneckConfig, FullConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig, get_kind,
 )
-from modeling.kinds.lora import LoraKindConfig
 from modeling.model import AdapterModel, mean_pool
-from tiny import tiny_model
+from tiny import kind_configs, perturb, tiny_model
 
 LABELS = ("a", "b", "c")
 
@@ -16,18 +15,7 @@ LABELS = ("a", "b", "c")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def configs():
-    """Small settings per kind (fresh objects each call: attach fills in defaults)."""
-    return {
-        "lora": LoraKindConfig(r=2, lora_dropout=0.0),
-        "shared-b-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
-        "shared-a-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
-        "task-embedding": TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4),
-        "adapter": BottleneckConfig(bottleneck=8),
-        "prefix": PrefixConfig(num_virtual_tokens=3),
-        "prompt": PromptConfig(num_virtual_tokens=3),
-        "full": FullConfig(),
-    }
+configs = kind_configs
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,14 +23,6 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.ones(4, 6, dtype=torch.long)
     mask[1, 4:] = 0
     return ids, mask
-
-
-def perturb(model: AdapterModel, slot: str, seed: int) -> None:
-    """Stand-in for training: random values everywhere, so zero-initialised parts matter too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.trainable_parameters(slot):
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def test_all_kinds_are_registered():
@@ -81,7 +61,7 @@ def test_per_task_count_matches_trainable_parameters(kind):
     model = tiny_model()
     config = configs()[kind]
     model.add_slot("t1", kind, config, LABELS)
-    if hasattr(config, "train_shared"):  # a later task of the group with the shared part frozen
+    if k.has_shared_part:  # a later task of the group with the shared part frozen
         model.add_slot("t2", kind, type(config)(**{**config.to_dict(), "train_shared": False}), LABELS)
         counted = sum(p.numel() for p in k.trainable_parameters(model, "t2"))
         first = sum(p.numel() for p in k.trainable_parameters(model, "t1"))
@@ -123,7 +103,7 @@ def test_kinds_coexist_and_activating_one_disables_the_others(tmp_path):
         alone = tiny_model()
         alone.add_slot("x", kind, configs()[kind], LABELS)
         k.load_slot_state(alone, "x", k.slot_state_dict(model, f"s{i}"))
-        if k.shared_state_dict(model, f"s{i}"):
+        if k.has_shared_part:
             k.load_shared_state(alone, "x", k.shared_state_dict(model, f"s{i}"))
         alone.heads["x"].load_state_dict(model.heads[f"s{i}"].state_dict())
         with torch.no_grad():

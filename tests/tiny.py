@@ -20,3 +20,30 @@ def tiny_bert(seed: int = 0, layers: int = 2, attn: str | None = None, **extra) 
 def tiny_model(seed: int = 0, layers: int = 2, attn: str | None = None, **extra) -> AdapterModel:
     """An `AdapterModel` on `tiny_bert(...)`, in eval mode."""
     return AdapterModel(tiny_bert(seed, layers, attn, **extra)).eval()
+
+
+def kind_configs() -> dict:
+    """Small settings for every adapter kind (fresh objects each call: attach fills in defaults)."""
+    from modeling.kinds import (
+        BottleneckConfig, FullConfig, LoraKindConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig,
+    )
+
+    return {
+        "lora": LoraKindConfig(r=2, lora_dropout=0.0),
+        "shared-b-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
+        "shared-a-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
+        "task-embedding": TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4),
+        "adapter": BottleneckConfig(bottleneck=8),
+        "prefix": PrefixConfig(num_virtual_tokens=3),
+        "prompt": PromptConfig(num_virtual_tokens=3),
+        "full": FullConfig(),
+    }
+
+
+def perturb(model: AdapterModel, slot: str, seed: int) -> None:
+    """Stand-in for training: random values in every trainable parameter of `slot`, so zero-initialised
+    parts (LoRA's B, a bottleneck's up-projection) change outputs too."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters(slot):
+            p.add_(0.1 * torch.randn(p.shape, generator=g))

@@ -3,10 +3,10 @@
     seq-lora  one LoRA (peft) shared by every task of the sequence
     seq-ft    full fine-tuning: one trainable copy of the encoder shared by every task
 
-Each task still has a slot of its own (kind `lora` or `full`), but the slots are *tied*: a new task's
-slot points at the very modules of the sequence's first slot, so there is one tensor per shared
-weight and training task i moves what tasks 0..i-1 are evaluated with.  That is what makes forgetting
-visible next to per-task adapters.
+Each task still has a slot of its own (kind `lora` or `full`), but the slots are *tied*
+(`AdapterKind.tie`): a new task's slot points at the very modules of the sequence's first slot, so
+there is one tensor per shared weight and training task i moves what tasks 0..i-1 are evaluated
+with.  That is what makes forgetting visible next to per-task adapters.
 
 Registration: the version of task i is an ordinary `lora`/`full` adapter holding the shared weights
 as they are after task i plus task i's head (loadable with `AdapterRegistry.load`); evaluating task
@@ -19,29 +19,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from continual.methods.base import Method, MethodError, SequenceContext, StepOutcome, run_nested
-from modeling.model import AdapterModel
+from modeling.kinds import get_kind
 
 SHARED_KINDS = ("lora", "full")
-
-
-def tie_slot(model: AdapterModel, kind: str, src: str, dst: str) -> None:
-    """Make slot `dst` use slot `src`'s adapter modules (the same Parameters, not copies)."""
-    if kind == "lora":
-        from peft.tuners.lora import LoraLayer
-
-        tied = 0
-        for layer in model.encoder.modules():
-            if isinstance(layer, LoraLayer) and src in layer.lora_A:
-                layer.lora_A[dst] = layer.lora_A[src]
-                layer.lora_B[dst] = layer.lora_B[src]
-                tied += 1
-        if not tied:
-            raise MethodError(f"slot '{src}' has no LoRA layers to share with '{dst}'")
-    elif kind == "full":
-        encoders: nn.ModuleDict = model.adapter_modules["full"]  # the full kind's slot -> encoder copy
-        encoders[dst] = encoders[src]
-    else:
-        raise MethodError(f"shared_kind={kind!r} cannot be shared across tasks; choose one of {', '.join(SHARED_KINDS)}")
 
 
 @dataclass
@@ -69,12 +49,10 @@ class SharedAdapterMethod(Method):
     def add_slot(self, ctx: SequenceContext, task: str) -> None:
         super().add_slot(ctx, task)
         if self.first is not None and self.first in ctx.model.slots and self.first != task:
-            tie_slot(ctx.model, self.kind, self.first, task)
+            get_kind(self.kind).tie(ctx.model, task, self.first)  # task's slot computes with the first slot's modules
 
     def shared_parameters(self, ctx: SequenceContext, task: str) -> list[nn.Parameter]:
         """The shared adapter's parameters (what every task trains; heads excluded)."""
-        from modeling.kinds import get_kind
-
         return get_kind(self.kind).trainable_parameters(ctx.model, task)
 
     def start_task(self, ctx: SequenceContext, task: str) -> None:

@@ -1,5 +1,5 @@
-"""Adapter kinds: one module per kind, registered here with one explicit call each."""
-from modeling.kinds.base import KINDS, AdapterKind, KindConfig, KindError, get_kind, register_kind
+"""Adapter kinds: one module per kind, registered here with one explicit call each (the contract: base.py)."""
+from modeling.kinds.base import KINDS, AdapterKind, KindConfig, KindError, SharedPartSettings, get_kind, register_kind
 from modeling.kinds.bottleneck import BottleneckConfig, BottleneckAdapterKind
 from modeling.kinds.full import FullConfig, FullFineTuningKind
 from modeling.kinds.lora import LoraKind, LoraKindConfig
@@ -17,6 +17,6 @@ register_kind(PromptTuningKind())
 register_kind(FullFineTuningKind())
 
 __all__ = [
-    "KINDS", "AdapterKind", "KindConfig", "KindError", "get_kind", "register_kind", "LoraKindConfig",
+    "KINDS", "AdapterKind", "KindConfig", "KindError", "SharedPartSettings", "get_kind", "register_kind", "LoraKindConfig",
     "SharedLoraConfig", "TaskEmbeddingConfig", "BottleneckConfig", "PrefixConfig", "PromptConfig", "FullConfig",
 ]

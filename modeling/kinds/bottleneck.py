@@ -2,9 +2,8 @@
 
 Placement (Houlsby): after the attention-output and the FFN-output dense projections, before the
 residual + LayerNorm of the base block.  The adapter runs as a forward hook on those projections
-instead of replacing them, so the encoder keeps the structure peft expects and LoRA can be
-injected into the same encoder.  This module also holds the small hook helpers that the other
-hooked kinds (shared-factor LoRA, task-embedding adapters) use.
+instead of replacing them (modeling/kinds/hooks.py), so the encoder keeps the structure peft
+expects and LoRA can be injected into the same encoder.
 """
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from torch import nn
 
 from modeling.kinds.base import AdapterKind, KindConfig, KindError
 from modeling.kinds.hooks import (
-    ACTIVATIONS, add_output_hook, find_target_modules, io_features, load_prefixed, meta_encoder, resolve_sites,
-    site_key, split_names,
+    ACTIVATIONS, HookedLayers, find_target_modules, io_features, load_prefixed, meta_encoder, resolve_sites, split_names,
 )
 
 if TYPE_CHECKING:
@@ -35,11 +33,17 @@ class BottleneckConfig(KindConfig):
     target_modules: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.bottleneck < 1:
-            raise KindError(f"bottleneck={self.bottleneck} must be >= 1; set --set bottleneck=64 for example")
-        if self.activation not in ACTIVATIONS:
-            raise KindError(f"activation={self.activation!r} is not one of {sorted(ACTIVATIONS)}; set --set activation=relu")
+        super().__post_init__()
+        check_bottleneck(self.bottleneck, self.activation)
         self.target_modules = split_names(self.target_modules)
+
+
+def check_bottleneck(bottleneck: int, activation: str) -> None:
+    """The checks of the settings bottleneck and task-embedding adapters share."""
+    if bottleneck < 1:
+        raise KindError(f"bottleneck={bottleneck} must be >= 1; set --set bottleneck=64 for example")
+    if activation not in ACTIVATIONS:
+        raise KindError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}; set --set activation=relu")
 
 
 class Bottleneck(nn.Module):
@@ -57,14 +61,12 @@ class Bottleneck(nn.Module):
         return self.up(self.act(self.down(h)))
 
 
-class BottleneckLayers(nn.Module):
+class BottleneckLayers(HookedLayers):
     """adapter_modules["adapter"]: slot -> site key -> Bottleneck; `active` picks the slot hooks use."""
 
     def __init__(self) -> None:
         super().__init__()
         self.adapters = nn.ModuleDict()  # slot -> ModuleDict(site key -> Bottleneck)
-        self.site_names: dict[str, str] = {}  # site key -> dotted module name (state-dict keys)
-        self.active: str | None = None
 
     def delta(self, key: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
         slot = self.active
@@ -77,39 +79,38 @@ class BottleneckAdapterKind(AdapterKind):
     name = "adapter"
     config_cls = BottleneckConfig
 
-    def _layers(self, model: "AdapterModel") -> BottleneckLayers:
-        if self.name not in model.adapter_modules:
-            model.adapter_modules[self.name] = BottleneckLayers()
-        return model.adapter_modules[self.name]  # type: ignore[return-value]
+    def new_layers(self, model: "AdapterModel") -> BottleneckLayers:
+        return BottleneckLayers()
 
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
         assert isinstance(config, BottleneckConfig)
         config.target_modules = resolve_sites(config.target_modules, model.encoder.config.model_type)
-        layers = self._layers(model)
-        sites = nn.ModuleDict()
-        for name, module in find_target_modules(model.encoder, config.target_modules):
-            key = site_key(name)
+        targets = find_target_modules(model.encoder, config.target_modules)
+        layers, sites = self.layers(model), nn.ModuleDict()
+        for name, module in targets:
             _, d_out = io_features(module)
-            sites[key] = Bottleneck(d_out, config.bottleneck, config.activation).to(module.weight.device, module.weight.dtype)
-            layers.site_names[key] = name
-            add_output_hook(layers, key, module)
+            bottleneck = Bottleneck(d_out, config.bottleneck, config.activation)
+            sites[layers.hook_site(name, module)] = bottleneck.to(module.weight.device, module.weight.dtype)
         layers.adapters[slot] = sites
 
+    def drop(self, model: "AdapterModel", slot: str) -> None:
+        self.drop_from(model, self.layers(model).adapters, slot)
+
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
-        layers = self._layers(model)
+        layers = self.layers(model)
         layers.active = slot if slot in layers.adapters else None
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        layers = self._layers(model)
+        layers = self.layers(model)
         return {f"{layers.site_names[key]}.{k}": v.detach().clone()
                 for key, mod in layers.adapters[slot].items() for k, v in mod.state_dict().items()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        layers = self._layers(model)
+        layers = self.layers(model)
         load_prefixed(layers.adapters[slot], layers.site_names, state, "adapter")
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        return list(self._layers(model).adapters[slot].parameters())
+        return list(self.layers(model).adapters[slot].parameters())
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """Per site of output width H: W_down + b_down + W_up + b_up = 2·H·m + m + H."""
@@ -117,9 +118,3 @@ class BottleneckAdapterKind(AdapterKind):
         m = config.bottleneck
         sites = find_target_modules(meta_encoder(base_config), resolve_sites(config.target_modules, base_config.model_type))
         return sum(2 * io_features(mod)[1] * m + m + io_features(mod)[1] for _, mod in sites)
-
-    def drop(self, model: "AdapterModel", slot: str) -> None:
-        layers = self._layers(model)
-        del layers.adapters[slot]
-        if layers.active == slot:
-            layers.active = None

@@ -2,19 +2,19 @@
 
 Hooked kinds (bottleneck adapters, shared-factor LoRA, task-embedding adapters) run as forward hooks
 on the base encoder's projections instead of replacing them, so the encoder keeps the structure peft
-expects and LoRA can be injected into the same encoder.  Each kind keeps its modules in one
-`nn.Module` per model (its *layers*, `model.adapter_modules[kind.name]`) with a
-`delta(key, x, out)` method that the hook calls.
+expects and LoRA can be injected into the same encoder.  Each keeps its modules in one `HookedLayers`
+per model (`model.adapter_modules[kind.name]`) whose `delta(key, x, out)` the hook calls.  Every hook
+this package puts on an encoder (prefix tuning's pre-hooks too) goes through `add_kind_hook`.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from modeling.kinds.base import KindError
+from modeling.kinds.base import KindError, KindLayers
 
 # Houlsby sites per architecture: the attention-output and the FFN-output projections.
 HOULSBY_SITES: dict[str, list[str]] = {
@@ -39,21 +39,20 @@ def split_names(value: Any) -> list[str] | None:
     return list(value) if value is not None else None
 
 
-def check_share_group(group: str) -> None:
-    if not group or "." in group:
-        raise KindError(f"share_group={group!r} must be a non-empty name without '.'; set --set share_group=default")
-
-
-def resolve_sites(targets: list[str] | None, model_type: str) -> list[str]:
+def default_targets(targets: list[str] | None, model_type: str, defaults: Mapping[str, Iterable[str]], what: str,
+                    example: str) -> list[str]:
+    """`targets`, or `defaults[model_type]`; a one-line error naming --set target_modules where there is none."""
     if targets:
         return list(targets)
     try:
-        return list(HOULSBY_SITES[model_type])
+        return list(defaults[model_type])
     except KeyError:
-        raise KindError(
-            f"no default adapter sites for model type '{model_type}'; "
-            f"set --set target_modules=attn_out_name,ffn_out_name"
-        ) from None
+        raise KindError(f"no default {what} for model type '{model_type}'; set --set target_modules={example}") from None
+
+
+def resolve_sites(targets: list[str] | None, model_type: str) -> list[str]:
+    """`targets`, or the Houlsby sites of the architecture."""
+    return default_targets(targets, model_type, HOULSBY_SITES, "adapter sites", "attn_out_name,ffn_out_name")
 
 
 def find_target_modules(encoder: nn.Module, targets: list[str]) -> list[tuple[str, nn.Module]]:
@@ -98,30 +97,70 @@ def site_key(name: str) -> str:
     return name.replace(".", "-")  # ModuleDict / ParameterDict keys can't contain "."
 
 
-def add_output_hook(layers: nn.Module, key: str, module: nn.Module) -> None:
-    """Once per (layers, site): module's output <- layers.delta(key, input (..., d_in), output (..., d_out)).
+# The mark `add_kind_hook` puts on every hook function it registers.  A deep copy of a module shares
+# its hook functions (deepcopy keeps functions as they are), so the mark is how `strip_kind_hooks`
+# tells this package's hooks on a copy from transformers' own.
+KIND_HOOK_MARK = "_adapter_kind_hook"
 
-    `delta` returns None to leave the output alone.  The base encoder is shared by every AdapterModel
-    of the process, so the hook holds the layers only weakly and removes itself once they are gone;
-    it fires only on the module it was registered on (a deep copy of the encoder inherits the hook
-    but not its effect).
+
+def add_kind_hook(layers: KindLayers, module: nn.Module, fn: Callable[..., Any], *, pre: bool = False) -> None:
+    """Register `fn(layers, module, args, output)` as a forward hook on `module` for `layers`; with
+    `pre`, `fn(layers, module, args, kwargs)` as a forward pre-hook that gets and may return kwargs.
+
+    The base encoder is shared by every AdapterModel of the process, so the hook holds the layers only
+    weakly and removes itself once they are gone; it fires only on the module it was registered on (a
+    deep copy of the encoder inherits the hook but not its effect).  `layers.remove_hooks()` takes it
+    off (a kind's last slot dropped), `strip_kind_hooks` off a copy.  `fn` must not hold `layers`.
     """
-    hooked: set[str] = layers.__dict__.setdefault("_hooked_sites", set())
-    if key in hooked:
-        return
     module_ref, layers_ref = weakref.ref(module), weakref.ref(layers)
 
-    def hook(mod: nn.Module, args: tuple, output: torch.Tensor):
+    def hook(mod: nn.Module, args: tuple, extra: Any):
         owner = layers_ref()
         if owner is None:
             handle.remove()
             return None
         if mod is not module_ref():
             return None
-        return owner.delta(key, args[0], output)
+        return fn(owner, mod, args, extra)
 
-    handle = module.register_forward_hook(hook)
-    hooked.add(key)
+    setattr(hook, KIND_HOOK_MARK, True)
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True) if pre else module.register_forward_hook(hook)
+    layers.hook_handles.append(handle)
+
+
+def strip_kind_hooks(root: nn.Module) -> None:
+    """Remove every hook `add_kind_hook` registered from the modules under `root` (a copy of an encoder).
+
+    torch has no public call to remove a hook without its handle, and the handles belong to the
+    original modules, so the copy's hook dicts are edited by id (every dict a handle would clean).
+    """
+    for module in root.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for hook_id in [i for i, fn in hooks.items() if getattr(fn, KIND_HOOK_MARK, False)]:
+                for table in (module._forward_hooks, module._forward_pre_hooks, module._forward_hooks_with_kwargs,
+                              module._forward_pre_hooks_with_kwargs, module._forward_hooks_always_called):
+                    table.pop(hook_id, None)
+
+
+class HookedLayers(KindLayers):
+    """Layers of a kind that adapts module outputs through forward hooks on the encoder's *sites*
+    (bottleneck adapters, shared-factor LoRA, task-embedding adapters): `delta` computes the new output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.site_names: dict[str, str] = {}  # site key -> dotted module name (state-dict keys)
+
+    def hook_site(self, name: str, module: nn.Module) -> str:
+        """Hook `module` (dotted `name`) once; returns its site key."""
+        key = site_key(name)
+        if key not in self.site_names:
+            add_kind_hook(self, module, lambda owner, mod, args, output: owner.delta(key, args[0], output))
+            self.site_names[key] = name
+        return key
+
+    def delta(self, key: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """The site's new output from its input x (..., d_in) and output (..., d_out); None leaves it alone."""
+        raise NotImplementedError(f"{type(self).__name__} must define delta()")
 
 
 def load_prefixed(modules: nn.ModuleDict, site_names: dict[str, str], state: dict[str, torch.Tensor], what: str) -> None:

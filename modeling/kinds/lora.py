@@ -1,4 +1,8 @@
-"""Per-task LoRA through peft: W' = W + (lora_alpha / r) * B A, W frozen; peft adapter name = slot."""
+"""Per-task LoRA through peft: W' = W + (lora_alpha / r) * B A, W frozen; peft adapter name = slot.
+
+peft wraps each targeted Linear in a `LoraLayer` that holds every slot's A and B; the wrapper goes
+again (the plain Linear is put back) when its last slot is dropped.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +12,7 @@ import torch
 from torch import nn
 
 from modeling.kinds.base import AdapterKind, KindConfig, KindError
+from modeling.kinds.hooks import default_targets, meta_encoder, split_names
 
 if TYPE_CHECKING:
     from modeling.model import AdapterModel
@@ -15,6 +20,9 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class LoraKindConfig(KindConfig):
+    """LoRA's settings, with peft's names; the one place they are checked (TrainConfig and the
+    shared-factor LoRA kinds use this class's checks)."""
+
     r: int = 8  # rank of B (d x r) and A (r x k)
     lora_alpha: int = 16  # scaling numerator: delta = (lora_alpha / r) * B A
     lora_dropout: float = 0.1  # dropout on the LoRA branch input
@@ -23,15 +31,39 @@ class LoraKindConfig(KindConfig):
     target_modules: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise KindError(f"r={self.r} must be >= 1; set --set r=8 for example")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise KindError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
-        if isinstance(self.target_modules, str):
-            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        super().__post_init__()
+        for ok, key, valid in (
+            (self.r >= 1, "r", "an integer >= 1"),
+            (self.lora_alpha > 0, "lora_alpha", "a positive number"),
+            (0 <= self.lora_dropout < 1, "lora_dropout", "a number in [0, 1)"),
+        ):
+            if not ok:
+                raise KindError(f"{key}={getattr(self, key)!r} is invalid: must be {valid} (--set {key}=...)")
+        self.target_modules = split_names(self.target_modules)
 
 
-def _tuner_layers(model: "AdapterModel"):
+def default_lora_targets(targets: list[str] | None, model_type: str) -> list[str]:
+    """`targets`, or peft's default LoRA targets for the architecture (query/value for BERT)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    return default_targets(targets, model_type, DEFAULTS, "LoRA target modules", "name1,name2")
+
+
+def unwrap_peft_layers(root: nn.Module, only_empty: bool) -> None:
+    """Put each peft layer under `root` back to the module it wraps (the same object, so the same weights
+    and hooks); with `only_empty`, only layers that hold no adapter any more.
+
+    Hand-written: peft's own `unload()` needs a PeftModel, and these encoders are plain transformers models.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(root.named_modules()):
+        if isinstance(module, BaseTunerLayer) and not (only_empty and module._all_available_adapter_names()):
+            parent_name, _, child = name.rpartition(".")
+            setattr(root.get_submodule(parent_name), child, module.get_base_layer())
+
+
+def _tuner_layers(model: "AdapterModel") -> list:
     from peft.tuners.lora import LoraLayer
 
     return [m for m in model.encoder.modules() if isinstance(m, LoraLayer)]
@@ -52,33 +84,50 @@ class LoraKind(AdapterKind):
             bias="none",
         )
 
-    def resolved_target_modules(self, config: LoraKindConfig, model_type: str) -> list[str]:
-        if config.target_modules:
-            return list(config.target_modules)
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-
-        try:
-            return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
-        except KeyError:
-            raise KindError(
-                f"no default LoRA target modules for model type '{model_type}'; "
-                f"set --set target_modules=name1,name2"
-            ) from None
-
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
         import warnings
 
         from peft import inject_adapter_in_model
 
         assert isinstance(config, LoraKindConfig)
-        if not config.target_modules:
-            config.target_modules = self.resolved_target_modules(config, model.encoder.config.model_type)
+        config.target_modules = default_lora_targets(config.target_modules, model.encoder.config.model_type)
         try:
             with warnings.catch_warnings():  # several adapters in one model is the point here
                 warnings.filterwarnings("ignore", message=".*multiple adapters.*")
                 inject_adapter_in_model(self.peft_config(config), model.encoder, adapter_name=slot)
         except ValueError as err:
             raise KindError(f"LoRA: {str(err).splitlines()[0]}") from None
+
+    def drop(self, model: "AdapterModel", slot: str) -> None:
+        from peft.functional import delete_adapter
+        from peft.tuners.lora import LoraLayer
+
+        for layer in _tuner_layers(model):
+            # Off first: peft would otherwise pick another adapter to activate, and set_adapter flips requires_grad.
+            layer._active_adapter = [a for a in layer.active_adapters if a != slot]
+        delete_adapter(model.encoder, slot, prefix="lora_", layer_cls=LoraLayer)
+        peft_configs = getattr(model.encoder, "peft_config", None)  # inject_adapter_in_model records each slot there
+        if isinstance(peft_configs, dict):
+            peft_configs.pop(slot, None)
+            if not peft_configs:
+                del model.encoder.peft_config
+        unwrap_peft_layers(model.encoder, only_empty=True)
+
+    def tie(self, model: "AdapterModel", slot: str, source_slot: str) -> None:
+        tied = 0
+        for layer in _tuner_layers(model):
+            if source_slot not in layer.lora_A:
+                continue
+            if slot not in layer.lora_A:
+                raise KindError(f"slot '{slot}' has no LoRA layer at {type(layer).__name__}; add the slot before tying it")
+            if layer.r[slot] != layer.r[source_slot] or layer.scaling[slot] != layer.scaling[source_slot]:
+                raise KindError(f"LoRA slot '{slot}' (r={layer.r[slot]}) cannot share '{source_slot}''s factors "
+                                f"(r={layer.r[source_slot]}); give both the same --set r= and lora_alpha=")
+            layer.lora_A[slot] = layer.lora_A[source_slot]
+            layer.lora_B[slot] = layer.lora_B[source_slot]
+            tied += 1
+        if not tied:
+            raise KindError(f"slot '{source_slot}' has no LoRA layers to share with '{slot}'")
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
         for layer in _tuner_layers(model):
@@ -110,13 +159,9 @@ class LoraKind(AdapterKind):
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """r * (d_in + d_out) per adapted Linear; here computed from the base config's shapes."""
         assert isinstance(config, LoraKindConfig)
-        from transformers import AutoModel
-
-        with torch.device("meta"):
-            encoder = AutoModel.from_config(base_config)
-        targets = self.resolved_target_modules(config, base_config.model_type)
+        targets = default_lora_targets(config.target_modules, base_config.model_type)
         total = 0
-        for name, module in encoder.named_modules():
+        for name, module in meta_encoder(base_config).named_modules():
             if isinstance(module, nn.Linear) and name.split(".")[-1] in targets:
                 total += config.r * (module.in_features + module.out_features)
         return total

@@ -16,13 +16,14 @@ the hidden states that get pooled, stay those of the real tokens.
 from __future__ import annotations
 
 import dataclasses
-import weakref
+import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from modeling.kinds.base import AdapterKind, KindConfig, KindError, get_kind
+from modeling.kinds.base import AdapterKind, KindConfig, KindError, KindLayers
+from modeling.kinds.hooks import add_kind_hook
 
 if TYPE_CHECKING:
     from modeling.model import AdapterModel
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
 def _check_tokens(n: int) -> None:
     if n < 1:
         raise KindError(f"num_virtual_tokens={n} must be >= 1; set --set num_virtual_tokens=20 for example")
-
-
-def _deactivate_all(model: "AdapterModel") -> None:
-    for kind in {info.kind for info in model.slots.values()}:
-        get_kind(kind).activate(model, None)
-    model.active_slot = None
 
 
 # --- prompt tuning -------------------------------------------------------------------------------
@@ -59,10 +54,8 @@ class PromptTuningKind(AdapterKind):
     name = "prompt"
     config_cls = PromptConfig
 
-    def _layers(self, model: "AdapterModel") -> nn.ModuleDict:
-        if self.name not in model.adapter_modules:
-            model.adapter_modules[self.name] = nn.ModuleDict()  # slot -> peft PromptEmbedding
-        return model.adapter_modules[self.name]  # type: ignore[return-value]
+    def new_layers(self, model: "AdapterModel") -> nn.ModuleDict:
+        return nn.ModuleDict()  # slot -> peft PromptEmbedding
 
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
         from peft import PromptTuningConfig
@@ -74,7 +67,7 @@ class PromptTuningKind(AdapterKind):
             num_virtual_tokens=config.num_virtual_tokens, token_dim=words.embedding_dim, num_transformer_submodules=1,
             prompt_tuning_init=config.prompt_init.upper(),
         )
-        self._layers(model)[slot] = PromptEmbedding(peft_config, words).to(words.weight.device, words.weight.dtype)
+        self.layers(model)[slot] = PromptEmbedding(peft_config, words).to(words.weight.device, words.weight.dtype)
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
         pass  # encode() reads the slot's prompt directly; nothing sits in the encoder to switch
@@ -84,7 +77,7 @@ class PromptTuningKind(AdapterKind):
         input_ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         if "position_ids" in inputs:
             raise KindError("prompt tuning sets the positions itself; call it without position_ids")
-        prompt = self._layers(model)[slot]
+        prompt = self.layers(model)[slot]
         P = prompt.embedding.num_embeddings
         B, T = input_ids.shape
         limit = getattr(model.encoder.config, "max_position_embeddings", None)
@@ -101,13 +94,13 @@ class PromptTuningKind(AdapterKind):
         return hidden[:, P:], mask  # (B, T, H): the virtual tokens are not pooled
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self._layers(model)[slot].state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.layers(model)[slot].state_dict().items()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        _load_module(self._layers(model)[slot], state, self.name)
+        _load_module(self.layers(model)[slot], state, self.name)
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        return list(self._layers(model)[slot].parameters())
+        return list(self.layers(model)[slot].parameters())
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """P · H."""
@@ -115,7 +108,7 @@ class PromptTuningKind(AdapterKind):
         return config.num_virtual_tokens * base_config.hidden_size
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        del self._layers(model)[slot]
+        self.drop_from(model, self.layers(model), slot)
 
 
 def _load_module(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -170,14 +163,13 @@ def _widen_mask(mask: torch.Tensor | None, P: int) -> torch.Tensor | None:
     return torch.cat([visible(*mask.shape[:-1], P, dtype=mask.dtype, device=mask.device), mask], dim=-1)
 
 
-class PrefixLayers(nn.Module):
+class PrefixLayers(KindLayers):
     """adapter_modules["prefix"]: slot -> peft PrefixEncoder; `active` is the slot the hooks inject."""
 
     def __init__(self, num_layers: int) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict()  # slot -> PrefixEncoder: (1, P) -> (1, P, 2·L·H)
         self.num_layers = num_layers
-        self.active: str | None = None
 
     def layer_prefix(self, layer: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The active slot's keys and values for `layer`, each (1, heads, P, head_dim).
@@ -195,27 +187,14 @@ class PrefixLayers(nn.Module):
         return split(k), split(v)
 
 
-def _add_prefix_hook(layers: PrefixLayers, attn: nn.Module, layer: int, heads: int) -> None:
-    """Pre-hook on one self-attention: while a prefix slot is active, inject its keys/values.
-
-    As for the output hooks of hooks.py: the layers are held weakly (the base encoder outlives
-    AdapterModels) and the hook removes itself once they are gone.
-    """
-    layers_ref = weakref.ref(layers)
-
-    def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-        owner = layers_ref()
-        if owner is None:
-            handle.remove()
-            return None
-        if owner.active is None:
-            return None
-        key, value = owner.layer_prefix(layer, heads)  # (1, heads, P, head_dim) each
-        kwargs["cache"] = _PrefixCache(key, value)
-        kwargs["attention_mask"] = _widen_mask(kwargs.get("attention_mask"), key.shape[2])
-        return args, kwargs
-
-    handle = attn.register_forward_pre_hook(pre_hook, with_kwargs=True)
+def _inject_prefix(layers: "PrefixLayers", module: nn.Module, args: tuple, kwargs: dict, *, layer: int, heads: int):
+    """Pre-hook of self-attention `layer`: while a prefix slot is active, its keys/values go in."""
+    if layers.active is None:
+        return None
+    key, value = layers.layer_prefix(layer, heads)  # (1, heads, P, head_dim) each
+    kwargs["cache"] = _PrefixCache(key, value)
+    kwargs["attention_mask"] = _widen_mask(kwargs.get("attention_mask"), key.shape[2])
+    return args, kwargs
 
 
 def self_attentions(encoder: nn.Module) -> list[nn.Module]:
@@ -230,20 +209,19 @@ class PrefixTuningKind(AdapterKind):
     name = "prefix"
     config_cls = PrefixConfig
 
-    def _layers(self, model: "AdapterModel") -> PrefixLayers:
-        if self.name not in model.adapter_modules:
-            layers = PrefixLayers(model.encoder.config.num_hidden_layers)
-            model.adapter_modules[self.name] = layers
-            for i, attn in enumerate(self_attentions(model.encoder)):
-                _add_prefix_hook(layers, attn, i, model.encoder.config.num_attention_heads)
-        return model.adapter_modules[self.name]  # type: ignore[return-value]
+    def new_layers(self, model: "AdapterModel") -> PrefixLayers:
+        """Empty layers, with a pre-hook on every self-attention that injects the active slot's prefix."""
+        layers, heads = PrefixLayers(model.encoder.config.num_hidden_layers), model.encoder.config.num_attention_heads
+        for i, attn in enumerate(self_attentions(model.encoder)):
+            add_kind_hook(layers, attn, functools.partial(_inject_prefix, layer=i, heads=heads), pre=True)
+        return layers
 
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
         from peft import PrefixTuningConfig
         from peft.tuners.prefix_tuning import PrefixEncoder
 
         assert isinstance(config, PrefixConfig)
-        layers, c = self._layers(model), model.encoder.config
+        layers, c = self.layers(model), model.encoder.config
         peft_config = PrefixTuningConfig(
             num_virtual_tokens=config.num_virtual_tokens, token_dim=c.hidden_size, num_layers=c.num_hidden_layers,
             num_attention_heads=c.num_attention_heads, encoder_hidden_size=config.encoder_hidden_size,
@@ -259,7 +237,7 @@ class PrefixTuningKind(AdapterKind):
     def _vocab_keys_values(self, model: "AdapterModel", P: int) -> torch.Tensor:
         """(P, 2·L·H): per virtual token [k_0, v_0, k_1, v_1, ...], each the base model's own (H,)."""
         encoder = model.encoder
-        _deactivate_all(model)  # the base model's activations, not some slot's
+        model.activate(None)  # the base model's activations, not some slot's
         ids = torch.randint(encoder.config.vocab_size, (1, P), device=encoder.get_input_embeddings().weight.device)
         was_training = encoder.training
         encoder.eval()
@@ -273,19 +251,19 @@ class PrefixTuningKind(AdapterKind):
         return torch.cat(parts, dim=-1)
 
     def activate(self, model: "AdapterModel", slot: str | None) -> None:
-        layers = self._layers(model)
+        layers = self.layers(model)
         layers.active = slot if slot in layers.encoders else None
         # encode() is the default one: the hooks add the prefix to keys and values only, so the
         # hidden states (and the pooling over them) are those of the real tokens.
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self._layers(model).encoders[slot].state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.layers(model).encoders[slot].state_dict().items()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        _load_module(self._layers(model).encoders[slot], state, self.name)
+        _load_module(self.layers(model).encoders[slot], state, self.name)
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        return list(self._layers(model).encoders[slot].parameters())
+        return list(self.layers(model).encoders[slot].parameters())
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """P·2LH; with prefix_projection P·H + (H·E + E) + (E·2LH + 2LH)  (E = encoder_hidden_size)."""
@@ -297,7 +275,4 @@ class PrefixTuningKind(AdapterKind):
         return P * H + (H * E + E) + (E * out + out)
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
-        layers = self._layers(model)
-        del layers.encoders[slot]
-        if layers.active == slot:
-            layers.active = None
+        self.drop_from(model, self.layers(model).encoders, slot)

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling.kinds.base import AdapterKind, KindConfig, KindError
+from modeling.kinds.base import KindConfig, KindError, SharedPartSettings
+from modeling.kinds.bottleneck import check_bottleneck
 from modeling.kinds.hooks import (
-    ACTIVATIONS, add_output_hook, check_share_group, copy_checked, find_target_modules, io_features, load_prefixed,
-    meta_encoder, resolve_sites, site_key, split_names,
+    ACTIVATIONS, copy_checked, find_target_modules, io_features, load_prefixed, meta_encoder, resolve_sites, split_names,
 )
+from modeling.kinds.shared import SharedPartKind, SharedPartLayers
 
 if TYPE_CHECKING:
     from modeling.model import AdapterModel
@@ -36,25 +37,21 @@ EMBEDDING_KEY = "task_embedding"  # the slot state: {"task_embedding": e_i (d_e,
 
 
 @dataclasses.dataclass
-class TaskEmbeddingConfig(KindConfig):
+class TaskEmbeddingConfig(SharedPartSettings):
+    """share_group / train_shared: the group's tasks share f_in / f_out (False freezes them after the
+    group's first task, so a later task trains only its e_i and its head)."""
+
     bottleneck: int = 64  # width m of the shared bottleneck f_in: H -> m
     task_embedding_dim: int = 32  # d_e, size of the per-task embedding e_i concatenated to σ(f_in(h))
     activation: str = "relu"  # σ: relu, gelu, tanh or silu
     # Modules whose output is adapted; None = the Houlsby sites (attention.output.dense, output.dense for BERT).
     target_modules: list[str] | None = None
-    share_group: str = "default"  # tasks of one group share f_in / f_out
-    # Keep training f_in / f_out with every new task (earlier tasks may then forget); False freezes them
-    # after the group's first task, so a later task trains only its e_i (and its head).
-    train_shared: bool = True
 
     def __post_init__(self) -> None:
-        if self.bottleneck < 1:
-            raise KindError(f"bottleneck={self.bottleneck} must be >= 1; set --set bottleneck=64 for example")
+        super().__post_init__()
+        check_bottleneck(self.bottleneck, self.activation)
         if self.task_embedding_dim < 1:
             raise KindError(f"task_embedding_dim={self.task_embedding_dim} must be >= 1; set --set task_embedding_dim=32")
-        if self.activation not in ACTIVATIONS:
-            raise KindError(f"activation={self.activation!r} is not one of {sorted(ACTIVATIONS)}; set --set activation=relu")
-        check_share_group(self.share_group)
         self.target_modules = split_names(self.target_modules)
 
 
@@ -78,109 +75,83 @@ class ConditionedBottleneck(nn.Module):
         return F.linear(z, self.f_out.weight[:, :m]) + shift
 
 
-class TaskEmbeddingLayers(nn.Module):
-    """adapter_modules["task-embedding"]: shared bottlenecks per group, one embedding per slot."""
+class TaskEmbeddingLayers(SharedPartLayers):
+    """adapter_modules["task-embedding"]: `shared[group]` ModuleDict(site key -> ConditionedBottleneck),
+    one embedding per slot."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.shared = nn.ModuleDict()  # group -> ModuleDict(site key -> ConditionedBottleneck)
         self.embeddings = nn.ParameterDict()  # slot -> e_i (d_e,)
-        self.slot_config: dict[str, TaskEmbeddingConfig] = {}
-        self.group_config: dict[str, TaskEmbeddingConfig] = {}
-        self.group_first: dict[str, str | None] = {}  # as in shared-factor LoRA: who always trains the group
-        self.site_names: dict[str, str] = {}
-        self.active: str | None = None
 
     def delta(self, key: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
         slot = self.active
         if slot is None:
             return None
-        sites = self.shared[self.slot_config[slot].share_group]
+        sites = self.shared[self.group_of(slot)]
         if key not in sites:
             return None
         return out + sites[key](out, self.embeddings[slot]).to(out.dtype)
 
 
-class TaskEmbeddingKind(AdapterKind):
+class TaskEmbeddingKind(SharedPartKind):
     name = "task-embedding"
     config_cls = TaskEmbeddingConfig
+    group_fields = ("bottleneck", "task_embedding_dim", "activation", "target_modules")  # f_in / f_out's shapes
 
-    def _layers(self, model: "AdapterModel") -> TaskEmbeddingLayers:
-        if self.name not in model.adapter_modules:
-            model.adapter_modules[self.name] = TaskEmbeddingLayers()
-        return model.adapter_modules[self.name]  # type: ignore[return-value]
+    def new_layers(self, model: "AdapterModel") -> TaskEmbeddingLayers:
+        return TaskEmbeddingLayers()
 
     def attach(self, model: "AdapterModel", slot: str, config: KindConfig) -> None:
         assert isinstance(config, TaskEmbeddingConfig)
         config.target_modules = resolve_sites(config.target_modules, model.encoder.config.model_type)
-        layers = self._layers(model)
-        group = config.share_group
-        known = layers.group_config.get(group)
-        if known is not None:
-            for field in ("bottleneck", "task_embedding_dim", "activation", "target_modules"):
-                if getattr(known, field) != getattr(config, field):
-                    raise KindError(
-                        f"task-embedding share group '{group}' has {field}={getattr(known, field)}, this task asks for "
-                        f"{field}={getattr(config, field)}; use the group's value or another --set share_group=NAME"
-                    )
-        sites = find_target_modules(model.encoder, config.target_modules)
-        weight = sites[0][1].weight
-        if known is None:
-            shared = nn.ModuleDict()
-            for name, module in sites:
-                hidden = io_features(module)[1]
-                shared[site_key(name)] = ConditionedBottleneck(
-                    hidden, config.bottleneck, config.task_embedding_dim, config.activation
-                ).to(weight.device, weight.dtype)
-            layers.shared[group] = shared
-            layers.group_config[group] = dataclasses.replace(config)
-            layers.group_first[group] = slot
-        for name, module in sites:
-            layers.site_names[site_key(name)] = name
-            add_output_hook(layers, site_key(name), module)
+        super().attach(model, slot, config)
+
+    def make_shared(self, model: "AdapterModel", config: SharedPartSettings) -> nn.Module:
+        assert isinstance(config, TaskEmbeddingConfig)
+        layers, shared = self.layers(model), nn.ModuleDict()
+        for name, module in find_target_modules(model.encoder, config.target_modules):
+            hidden = io_features(module)[1]
+            part = ConditionedBottleneck(hidden, config.bottleneck, config.task_embedding_dim, config.activation)
+            shared[layers.hook_site(name, module)] = part.to(module.weight.device, module.weight.dtype)
+        return shared
+
+    def attach_own(self, model: "AdapterModel", slot: str, config: SharedPartSettings) -> None:
+        assert isinstance(config, TaskEmbeddingConfig)
+        weight = find_target_modules(model.encoder, config.target_modules)[0][1].weight
         e = torch.randn(config.task_embedding_dim, device=weight.device, dtype=weight.dtype)
-        layers.embeddings[slot] = nn.Parameter(e / config.task_embedding_dim**0.5)  # ‖e‖ ≈ 1; never zero (see top)
-        layers.slot_config[slot] = config
+        # ‖e‖ ≈ 1; never zero (see the module docstring)
+        self.layers(model).embeddings[slot] = nn.Parameter(e / config.task_embedding_dim**0.5)
+
+    def drop_own(self, layers: SharedPartLayers, slot: str) -> None:
+        assert isinstance(layers, TaskEmbeddingLayers)
+        del layers.embeddings[slot]
+
+    def own_parameters(self, layers: SharedPartLayers, slot: str) -> list[nn.Parameter]:
+        assert isinstance(layers, TaskEmbeddingLayers)
+        return [layers.embeddings[slot]]
 
     def init_task_embedding_from(self, model: "AdapterModel", slot: str, other_slot: str) -> None:
         """Start `slot`'s e_i from `other_slot`'s (warm start from a related task of the same group)."""
-        layers = self._layers(model)
+        layers = self.layers(model)
         for s in (slot, other_slot):
             if s not in layers.embeddings:
                 raise KindError(f"slot '{s}' has no task-embedding adapter; task-embedding slots: {sorted(layers.embeddings)}")
         copy_checked(layers.embeddings[slot], layers.embeddings[other_slot], other_slot, "task embedding")
 
-    def activate(self, model: "AdapterModel", slot: str | None) -> None:
-        layers = self._layers(model)
-        layers.active = slot if slot in layers.embeddings else None
-
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        return {EMBEDDING_KEY: self._layers(model).embeddings[slot].detach().clone()}
+        return {EMBEDDING_KEY: self.layers(model).embeddings[slot].detach().clone()}
 
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
         if set(state) != {EMBEDDING_KEY}:
             raise KindError(f"task-embedding weights must hold exactly '{EMBEDDING_KEY}', got {sorted(state)[:3]}")
-        copy_checked(self._layers(model).embeddings[slot], state[EMBEDDING_KEY], EMBEDDING_KEY, "task-embedding")
+        copy_checked(self.layers(model).embeddings[slot], state[EMBEDDING_KEY], EMBEDDING_KEY, "task-embedding")
 
-    def shared_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
-        layers = self._layers(model)
-        sites = layers.shared[layers.slot_config[slot].share_group]
+    def shared_state(self, layers: SharedPartLayers, group: str) -> dict[str, torch.Tensor]:
         return {f"{layers.site_names[key]}.{k}": v.detach().clone()
-                for key, mod in sites.items() for k, v in mod.state_dict().items()}
+                for key, mod in layers.shared[group].items() for k, v in mod.state_dict().items()}
 
-    def load_shared_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
-        layers = self._layers(model)
-        group = layers.slot_config[slot].share_group
+    def load_shared(self, layers: SharedPartLayers, group: str, state: dict[str, torch.Tensor]) -> None:
         load_prefixed(layers.shared[group], layers.site_names, state, "task-embedding shared")
-        layers.group_first[group] = None  # trained elsewhere: trains here only if train_shared
-
-    def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        layers = self._layers(model)
-        config = layers.slot_config[slot]
-        params = [layers.embeddings[slot]]
-        if config.train_shared or layers.group_first.get(config.share_group) == slot:
-            params += list(layers.shared[config.share_group].parameters())
-        return params
 
     def per_task_parameter_count(self, config: KindConfig, base_config: Any) -> int:
         """d_e: one task embedding per task, whatever the number of sites."""
@@ -193,10 +164,3 @@ class TaskEmbeddingKind(AdapterKind):
         m, d = config.bottleneck, config.task_embedding_dim
         sites = find_target_modules(meta_encoder(base_config), resolve_sites(config.target_modules, base_config.model_type))
         return sum(h * m + m + (m + d) * h + h for h in (io_features(mod)[1] for _, mod in sites))
-
-    def drop(self, model: "AdapterModel", slot: str) -> None:
-        layers = self._layers(model)
-        del layers.embeddings[slot]
-        layers.slot_config.pop(slot)
-        if layers.active == slot:
-            layers.active = None
