@@ -65,6 +65,7 @@ ROWS = [
     Row("replay", "replay", {"replay_per_task": 50}, note="seq-lora + 50 examples/task replayed"),
     Row("ewc", "ewc", {"ewc_lambda": 1e4, "fisher_samples": 200}, note="seq-lora + EWC, λ=1e4"),
     Row("mtl", "mtl", note="joint training on all tasks (upper bound)"),
+    Row("o-lora", "o-lora", {"olora_lambda": 0.5}, note="O-LoRA: earlier LoRAs frozen and summed, new A orthogonal, λ1=0.5"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
         "one B trained with every task, A per task"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",

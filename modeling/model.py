@@ -22,6 +22,9 @@ class SlotInfo:
     labels: tuple[str, ...]
     # Base-encoder weights this slot trained (progressive unfreezing); saved with the adapter.
     base_state: dict[str, torch.Tensor] | None = None
+    # Slots of the same kind whose adapters stay switched on, summed with this one's, whenever this slot
+    # is active (O-LoRA: every earlier task's LoRA).  Only kinds with `stacks = True` honour it.
+    stacked: tuple[str, ...] = ()
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -65,9 +68,25 @@ class AdapterModel(nn.Module):
         self.slots[slot] = SlotInfo(kind, config, tuple(labels))
         self._activation_stale = True
 
+    def stack(self, slot: str, others: tuple[str, ...] | list[str]) -> None:
+        """Keep `others` (slots of the same kind) switched on, summed with `slot`'s adapter, whenever `slot`
+        is active.  Refused for kinds that cannot sum adapters."""
+        info = self.slots[slot]
+        kind = get_kind(info.kind)
+        if not kind.stacks:
+            raise ValueError(f"adapter kind '{info.kind}' cannot keep other slots active with '{slot}'")
+        wrong = [o for o in others if o not in self.slots or self.slots[o].kind != info.kind or o == slot]
+        if wrong:
+            raise ValueError(f"cannot stack {wrong} on '{slot}': each must be another '{info.kind}' slot of this model")
+        info.stacked = tuple(others)
+        self._activation_stale = True
+
     def remove_slot(self, slot: str) -> None:
         """Remove `slot`'s adapter (every module and hook its kind added) and its head."""
         info = self.slots.pop(slot)
+        for other in self.slots.values():  # nothing may keep a removed slot switched on
+            if slot in other.stacked:
+                other.stacked = tuple(s for s in other.stacked if s != slot)
         get_kind(info.kind).drop(self, slot)
         del self.heads[slot]
         if self.active_slot == slot:

@@ -155,3 +155,35 @@ def test_shared_b_lora_with_b_trained_moves_the_b_earlier_tasks_use(reg, demo_fi
     after_first = load_file(str(folder / "shared_model.safetensors"))
     now = kind.shared_state_dict(result.model, names[0])
     assert any(not torch.equal(after_first[k], v) for k, v in now.items())  # task 1 moved task 0's B
+
+
+def test_orthogonality_loss_by_hand():
+    from continual.methods.olora import orthogonality_loss
+
+    a_new = {"q": torch.tensor([[1.0, 0.0, 0.0]])}  # r=1, k=3
+    same = {"q": torch.tensor([[2.0, 0.0, 0.0]])}  # overlap 2 -> 4
+    orthogonal = {"q": torch.tensor([[0.0, 3.0, 0.0]]), "v": torch.tensor([[5.0, 5.0, 5.0]])}  # "v": not shared
+    assert float(orthogonality_loss(a_new, [same])) == pytest.approx(4.0)
+    assert float(orthogonality_loss(a_new, [orthogonal])) == 0.0
+    assert float(orthogonality_loss(a_new, [same, same])) == pytest.approx(8.0)
+    assert float(orthogonality_loss(a_new, [])) == 0.0
+
+
+def test_o_lora_sums_frozen_earlier_loras_and_pushes_the_new_one_orthogonal(reg, demo_files, tiny_base_dir):
+    from continual.methods.olora import orthogonality_loss
+    from modeling.kinds import get_kind
+
+    def overlap(result, names):
+        lora = get_kind("lora")
+        return float(orthogonality_loss(lora.down_projections(result.model, names[1]),
+                                        [lora.down_projections(result.model, names[0])]))
+
+    free_names, free = run(reg, demo_files, tiny_base_dir, "o-lora", "olora0", olora_lambda=0.0, learning_rate=5e-2)
+    names, result = run(reg, demo_files, tiny_base_dir, "o-lora", "olora", olora_lambda=50.0, learning_rate=5e-2)
+    # the penalty is applied: the second task's A overlaps the first's far less than without it
+    assert overlap(result, names) < 0.2 * overlap(free, free_names)
+    # the earlier LoRA stays switched on (summed) while the later task is evaluated, and was frozen
+    assert result.model.slots[names[1]].stacked == (names[0],)
+    assert result.model.slots[names[0]].stacked == (names[1],)
+    assert result.matrix.versions == [[None, None], [None, None]]  # nothing registered
+    assert reg.versions(names[0]) == []

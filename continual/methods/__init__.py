@@ -11,6 +11,7 @@ from continual.methods.base import Method, MethodError, SequenceContext, StepOut
 from continual.methods.ewc import EwcMethod
 from continual.methods.kind import KindMethod
 from continual.methods.mtl import MtlMethod
+from continual.methods.olora import OLoraMethod
 from continual.methods.replay import ReplayMethod
 from continual.methods.sequential import SeqFtMethod, SeqLoraMethod
 
@@ -28,6 +29,7 @@ register_baseline(SeqFtMethod)
 register_baseline(ReplayMethod)
 register_baseline(EwcMethod)
 register_baseline(MtlMethod)
+register_baseline(OLoraMethod)
 
 
 def method_names() -> list[str]:

@@ -93,6 +93,9 @@ class AdapterKind(ABC):
     # True for kinds whose config extends SharedPartSettings and whose slots share a part per share
     # group (register_kind checks the two agree); the shared-part methods below are then real.
     has_shared_part: ClassVar[bool] = False
+    # True for kinds whose `activate` also switches on the slots in `model.slots[slot].stacked`, summing
+    # their adapters with the active one's (peft LoRA can; see AdapterModel.stack).
+    stacks: ClassVar[bool] = False
 
     def make_config(self, settings: dict[str, Any]) -> KindConfig:
         """This kind's config from a flat dict of TrainConfig settings (unknown keys ignored)."""

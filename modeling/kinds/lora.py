@@ -72,6 +72,7 @@ def _tuner_layers(model: "AdapterModel") -> list:
 class LoraKind(AdapterKind):
     name = "lora"
     config_cls = LoraKindConfig
+    stacks = True
 
     def peft_config(self, config: LoraKindConfig):
         from peft import LoraConfig
@@ -134,7 +135,9 @@ class LoraKind(AdapterKind):
             # A name the layer does not hold disables LoRA in it (peft skips unknown adapters).
             # Set the private field directly: peft's set_adapter also flips requires_grad,
             # and which parameters train is the trainer's decision, not inference's.
-            layer._active_adapter = [slot] if slot in layer.lora_A else []
+            # Stacked slots (AdapterModel.stack) stay on too: peft sums every active adapter's B·A.
+            wanted = [slot, *model.slots[slot].stacked] if slot in model.slots else [slot]
+            layer._active_adapter = [s for s in wanted if s in layer.lora_A]
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
@@ -148,6 +151,12 @@ class LoraKind(AdapterKind):
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
             raise KindError(f"LoRA weights do not fit the base model: unexpected keys {unexpected[:3]}")
+
+    def down_projections(self, model: "AdapterModel", slot: str) -> dict[str, nn.Parameter]:
+        """`slot`'s A matrices (r x k, peft's lora_A weights) by adapted module name: the subspace each LoRA
+        writes into its layer's input space (O-LoRA's orthogonality loss compares them across tasks)."""
+        return {name: module.lora_A[slot].weight for name, module in model.encoder.named_modules()
+                if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict) and slot in module.lora_A}
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
         params = []
