@@ -191,15 +191,11 @@ def train(
     from continual.train import train_task
     from modeling.kinds import get_kind
 
-    from continual.trainer import is_main_process, precision_note
-
     kind = get_kind(method)
     cfg = TrainConfig.load(config, set_, kind_fields=_kind_fields(kind))
     reg = _registry(store)
-    if is_main_process():
-        console.print(precision_note(cfg), highlight=False)
     result = train_task(reg, name, cfg, method=method, base_model=base_model, show_progress=sys.stdout.isatty(),
-                        init_from=init_from)
+                        init_from=init_from, announce=lambda line: console.print(line, highlight=False))
     from registry import tags as T
 
     if T.PARENT_ADAPTER in result.version.tags:

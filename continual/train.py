@@ -161,12 +161,13 @@ def evaluate_and_log(run, model: AdapterModel, slot: str, base: BaseModel, confi
 def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None = None, *, method: str = "lora",
                base_model: str | None = None, show_progress: bool = False, parent_run_id: str | None = None,
                model: AdapterModel | None = None, extra_tags: dict[str, str] | None = None,
-               init_from: str | None = None) -> TrainResult:
+               init_from: str | None = None, announce: Callable[[str], None] | None = None) -> TrainResult:
     """Train `task`'s adapter of kind `method`, evaluate on dev and test, register a new version.
 
     Pass `model` to train inside an existing `AdapterModel` (a task sequence keeps every task in one
     model); otherwise a fresh one is built on the (shared) base encoder.  Nothing is registered
-    unless training and evaluation succeed.
+    unless training and evaluation succeed.  `announce(line)` hears the precision line once the task,
+    its data and the base model have been checked, just before training starts.
     """
     config = config or TrainConfig()
     apply_num_threads(config.num_threads)
@@ -188,6 +189,10 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
         extra_tags.update(warm_start(registry, model, slot, base, source))
         extra_tags[T.INIT_FROM] = str(init_from)
     train = subsample(data.train, config.train_limit, config.seed)
+    if announce is not None and is_main_process():
+        from continual.trainer import precision_note
+
+        announce(precision_note(config))
 
     per_task = kind.per_task_parameter_count(kind_config, base.encoder.config)
 
