@@ -28,8 +28,8 @@ class TrainConfig:
     batch_size: int = 16  # examples per optimizer micro-batch
     max_epochs: int | str = "auto"  # passes over train; auto: ~AUTO_TARGET_STEPS steps in whole epochs (continual.trainer)
     max_steps: int = -1  # stop after this many optimizer steps (-1: no limit)
-    weight_decay: float = 0.01  # decoupled weight decay; never on biases and normalisation weights
-    optimizer: str = "adamw"  # adamw | adam (L2-free Adam, decay decoupled as in adamw) | sgd (momentum 0.9) | lion
+    weight_decay: float = 0.01  # decoupled for adamw and lion; never on biases and normalisation weights
+    optimizer: str = "adamw"  # adamw | adam (weight decay as an L2 penalty) | sgd (momentum 0.9, L2) | lion
     layer_lr_decay: float = 1.0  # LR x this per encoder layer below the top (1.0: off); the head keeps the full LR
     warmup_steps: int = -1  # linear warm-up steps (-1: 6% of the total steps)
     lr_schedule: str = "linear"  # constant | linear | cosine decay after warm-up
