@@ -46,17 +46,45 @@ def user_errors(fn):
     return wrapper
 
 
+# Libraries whose warnings are noise to a CLI user (tips, deprecations, "few dataloader workers").
+_NOISY_MODULES = r"(lightning|lightning_fabric|lightning_utilities|pytorch_lightning|torch|transformers|peft|mlflow|" \
+                 r"huggingface_hub|tokenizers|pydantic|alembic|sqlalchemy|faiss|numpy|scipy|sklearn|typer|click)(\..*)?$"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning that gets through the filters is ONE yellow line on stderr."""
+    from tasks.errors import ContinualWarning
+
+    text = " ".join(str(message).split())
+    prefix = "" if issubclass(category, ContinualWarning) else f"{category.__name__}: "
+    err_console.print(f"[yellow]warning:[/yellow] {prefix}{text}", highlight=False, soft_wrap=True)
+
+
+def _show_warnings() -> None:
+    """The project's own warnings (ContinualWarning) reach the user as one yellow line each; third-party
+    noise is silenced by category (deprecations) and by module."""
+    import warnings
+
+    from tasks.errors import ContinualWarning
+
+    warnings.resetwarnings()
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", module=_NOISY_MODULES)
+    warnings.filterwarnings("default", category=ContinualWarning)  # checked first: the newest filter wins
+    warnings.showwarning = _show_warning
+
+
 def _quiet(training: bool = False) -> None:
     """Keep library chatter (Lightning tips, HF progress bars) out of the user's terminal."""
     import logging
-    import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if training:
         import lightning  # noqa: F401  (it sets its loggers' levels on import; override them after)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    _show_warnings()
     try:
         from transformers.utils import logging as hf_logging
 
@@ -167,7 +195,7 @@ def train(
     cfg = TrainConfig.load(config, set_, kind_fields=_kind_fields(kind))
     reg = _registry(store)
     result = train_task(reg, name, cfg, method=method, base_model=base_model, show_progress=sys.stdout.isatty(),
-                        init_from=init_from)
+                        init_from=init_from, announce=lambda line: console.print(line, highlight=False))
     from registry import tags as T
 
     if T.PARENT_ADAPTER in result.version.tags:
@@ -305,10 +333,12 @@ def route(
 def demo(store: Store = None):
     """Register three built-in tasks, train an adapter for each, load them by name and predict."""
     _quiet(training=True)
-    from continual.demo import run_demo
+    from continual.demo import DEMO_CONFIG, run_demo
+    from continual.trainer import precision_note
 
     reg = _registry(store)
     console.print(f"[bold]continual demo[/bold] — store: {reg.tracking_uri}")
+    console.print(precision_note(DEMO_CONFIG), highlight=False)
     result = run_demo(reg, show_progress=sys.stdout.isatty(),
                       on_task=lambda spec: console.print(f"\ntraining [bold]{spec.name}[/bold] "
                                                          f"({len(spec.labels)} labels: {', '.join(spec.labels)})"))

@@ -16,31 +16,42 @@ class ConfigError(ContinualError):
     pass
 
 
-OPTIMIZERS = ("adamw", "lion", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+STRATEGIES = ("auto", "ddp")
 
 
 @dataclass
 class TrainConfig:
     # optimisation
-    learning_rate: float = 1e-3  # peak LR for adapter and head (adapters like higher LRs than full FT)
+    learning_rate: float = 2e-3  # peak LR for adapter and head (chosen on dev splits: see README, training settings)
     batch_size: int = 16  # examples per optimizer micro-batch
-    max_epochs: int = 1  # passes over the training split
+    max_epochs: int | str = "auto"  # passes over train; auto: ~AUTO_TARGET_STEPS steps in whole epochs (continual.trainer)
     max_steps: int = -1  # stop after this many optimizer steps (-1: no limit)
-    weight_decay: float = 0.01  # decoupled weight decay (AdamW/Lion)
-    optimizer: str = "adamw"  # adamw | lion | sgd
+    weight_decay: float = 0.01  # decoupled for adamw and lion; never on biases and normalisation weights
+    optimizer: str = "adamw"  # adamw | adam (weight decay as an L2 penalty) | sgd (momentum 0.9, L2) | lion
+    layer_lr_decay: float = 1.0  # LR x this per encoder layer below the top (1.0: off); the head keeps the full LR
     warmup_steps: int = -1  # linear warm-up steps (-1: 6% of the total steps)
     lr_schedule: str = "linear"  # constant | linear | cosine decay after warm-up
     grad_clip_norm: float = 1.0  # clip the global grad norm to this (0: off)
+    adaptive_clip: float = 0.0  # alpha: cap each parameter's ||g|| at alpha * max(||theta||, 1e-3) (0: off)
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step
     precision: str = "auto"  # auto (bf16 where the hardware does it natively, else 32) | 32 | bf16 | 16 (GPU only)
     num_threads: int = 0  # torch intra-op threads (0: torch's own choice)
-    early_stopping_patience: int = 0  # stop after this many dev evaluations without improvement (0: off)
+    early_stopping_patience: int = 2  # stop after this many dev evaluations without improvement (0: off)
     eval_every_n_steps: int = 0  # evaluate dev every N steps as well as each epoch (0: per epoch only)
     seed: int = 0  # seeds torch, numpy, python and data order
     max_length: int = 128  # tokens per input (longer inputs are truncated)
     eval_batch_size: int = 64  # batch size for dev/test evaluation
     train_limit: int = 0  # use at most this many training examples (0: all), the same ones each run
+    # opt-in text augmentation of training inputs, e.g. "word_dropout=0.1,word_swap=0.1" ("": off)
+    augment: str = ""
+    # diagnostics (continual.diagnostics)
+    loss_spike_factor: float = 10.0  # warn when a step's loss > this x the running median (0: off)
+    overfit_evals: int = 3  # warn when dev loss rises while train loss falls for this many evaluations (0: off)
+    # several processes (Lightning DDP over gloo on CPU, nccl on GPUs)
+    strategy: str = "auto"  # auto (one process) | ddp
+    devices: int = 1  # processes (CPU) or GPUs to train on
     # LoRA (peft names)
     r: int = 8  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale = lora_alpha / r)
@@ -52,16 +63,19 @@ class TrainConfig:
     kind_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.max_epochs = _epochs(self.max_epochs)
         checks = [
             (self.learning_rate > 0, "learning_rate", "a positive number, e.g. --set learning_rate=1e-3"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.max_epochs >= 1, "max_epochs", "an integer >= 1"),
+            (self.max_epochs == "auto" or self.max_epochs >= 1, "max_epochs", "auto or an integer >= 1"),
             (self.max_steps == -1 or self.max_steps >= 1, "max_steps", "-1 (no limit) or an integer >= 1"),
             (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
+            (0 < self.layer_lr_decay <= 1, "layer_lr_decay", "a number in (0, 1] (1.0 turns it off)"),
             (self.warmup_steps >= -1, "warmup_steps", "-1 (6% of steps) or an integer >= 0"),
             (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
             (self.grad_clip_norm >= 0, "grad_clip_norm", "a number >= 0 (0 turns clipping off)"),
+            (self.adaptive_clip >= 0, "adaptive_clip", "a number >= 0, e.g. 0.01 (0 turns it off)"),
             (self.accumulate_grad_batches >= 1, "accumulate_grad_batches", "an integer >= 1"),
             (str(self.precision) in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
             (self.num_threads >= 0, "num_threads", "an integer >= 0 (0: torch's choice)"),
@@ -70,6 +84,10 @@ class TrainConfig:
             (self.max_length >= 8, "max_length", "an integer >= 8"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.train_limit >= 0, "train_limit", "an integer >= 0 (0: all)"),
+            (self.loss_spike_factor == 0 or self.loss_spike_factor > 1, "loss_spike_factor", "0 (off) or a number > 1"),
+            (self.overfit_evals >= 0, "overfit_evals", "an integer >= 0 (0: off)"),
+            (self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}"),
+            (self.devices >= 1, "devices", "an integer >= 1"),
         ]
         for ok, key, valid in checks:
             if not ok:
@@ -86,6 +104,15 @@ class TrainConfig:
         except KindError as err:
             raise ConfigError(str(err)) from None
         self.target_modules = lora.target_modules
+        from continual.augment import parse_augment
+
+        parse_augment(self.augment)
+        if self.precision == "16" and not _has_cuda():
+            raise ConfigError("precision=16 (fp16 with loss scaling) needs a CUDA GPU and none is available; on a "
+                              "CPU use --set precision=bf16 (native on AMX/AVX512-BF16 CPUs), 32 or auto")
+        if self.strategy == "ddp" and self.devices < 2:
+            raise ConfigError(f"strategy=ddp with devices={self.devices} trains in one process; "
+                              f"set --set devices=2 (or more), or drop --set strategy=ddp")
 
     @property
     def resolved_precision(self) -> str:
@@ -162,6 +189,25 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             out[key] = raw
     return out
+
+
+def _epochs(value: Any) -> Any:
+    """max_epochs: 'auto' or a whole number (YAML and --set give ints or strings)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"max_epochs={value!r} is invalid: must be auto or an integer >= 1 "
+                          f"(--set max_epochs=auto)") from None
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _field_type(key: str):

@@ -1,27 +1,63 @@
-"""Optimizers (AdamW, Lion, SGD) and warm-up + decay schedules, from well-kept libraries."""
+"""Optimizers (AdamW, Adam, SGD, Lion), parameter groups (weight decay, layer-wise LR) and warm-up + decay
+schedules, from well-kept libraries (torch, lion-pytorch, transformers)."""
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
+from torch import nn
 
 from continual.config import TrainConfig
 
 
-def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float) -> list[dict]:
-    """Two groups: weights decay, biases and norms don't (standard transformer practice)."""
-    decay, no_decay = [], []
+def decays(name: str, p: torch.nn.Parameter) -> bool:
+    """Weight decay applies to weight matrices only: never to biases, norm weights or other vectors."""
+    return p.ndim >= 2 and "norm" not in name.lower()
+
+
+def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
+                 layer_of: dict[int, int] | None = None, num_layers: int = 0,
+                 layer_lr_decay: float = 1.0) -> list[dict]:
+    """Optimizer groups: weights decay, biases and norms don't (standard transformer practice).
+
+    With `layer_of` (id(param) -> encoder layer index, see `layer_index`) and `layer_lr_decay` < 1,
+    a parameter in layer i trains at lr * layer_lr_decay ** (num_layers - 1 - i): the top layer at the
+    full LR, each layer below it one factor lower (Clark et al. 2020, ELECTRA).  Parameters outside
+    the layers (heads, embeddings-level prompts, adapter modules kept beside the encoder) keep lr.
+    Each group carries a `name` ("layer3/decay", "other/no_decay") for per-group diagnostics.
+    """
+    buckets: dict[tuple[int | None, bool], list] = {}
     for name, p in named:
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
-    return [g for g in groups if g["params"]]
+        layer = layer_of.get(id(p)) if layer_of and layer_lr_decay != 1.0 else None
+        buckets.setdefault((layer, decays(name, p)), []).append(p)
+    groups = []
+    # Stable order, full-LR groups first (progressive unfreezing reads the base LR from group 0): the rest
+    # (heads, ...), then layers top-down; decaying weights before the others in each.
+    order = sorted(buckets, key=lambda key: (key[0] is not None, -(key[0] or 0), not key[1]))
+    for layer, decay in order:
+        params = buckets[(layer, decay)]
+        scale = 1.0 if layer is None else layer_lr_decay ** (num_layers - 1 - layer)
+        groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale,
+                       "name": f"{'other' if layer is None else f'layer{layer}'}/{'decay' if decay else 'no_decay'}"})
+    return groups
+
+
+def layer_index(encoder: nn.Module) -> tuple[dict[int, int], int]:
+    """(id(param) -> index of the transformer layer it lives in, number of layers): adapter weights injected
+    into layer i (peft LoRA) and the layer's own base weights alike."""
+    from continual.unfreeze import encoder_layers
+
+    layers = encoder_layers(encoder)
+    return {id(p): i for i, layer in enumerate(layers) for p in layer.parameters()}, len(layers)
 
 
 def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """`weight_decay` is decoupled (p <- p - lr*wd*p, Loshchilov & Hutter 2019) for adamw and lion; adam and
+    sgd keep their original L2 penalty (that difference is why one would pick adam over adamw)."""
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.learning_rate)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.learning_rate)
     if config.optimizer == "lion":
         from lion_pytorch import Lion  # Chen et al. 2023; lucidrains' reference implementation
 

@@ -8,11 +8,12 @@ from typing import Callable
 import lightning as L
 import torch
 
+from continual.augment import AugmentedDataset, parse_augment
 from continual.config import TrainConfig
 from continual.data import EncodedDataset, make_loader, subsample
 from continual.evaluate import accuracy
 from continual.module import AdapterClassifier
-from continual.trainer import build_trainer, mlflow_logger, total_steps
+from continual.trainer import build_trainer, is_main_process, mlflow_logger, total_steps
 from continual.unfreeze import unfrozen_base_state
 from continual.warm_start import choose_source, warm_start
 from modeling.base_model import BaseModel, load_base_model
@@ -31,12 +32,32 @@ class TrainError(ContinualError):
     pass
 
 
+# A task registered without a dev split gets one held out of train, for early stopping and keep-best:
+# 10% of train (at most 500 examples), the same slice every time (a fixed seed, independent of `seed`, so
+# runs with different seeds compare on the same dev).  Tasks under DEV_HOLDOUT_MIN_TRAIN examples keep
+# all of train and train without dev.
+DEV_HOLDOUT_FRACTION = 0.1
+DEV_HOLDOUT_MAX = 500
+DEV_HOLDOUT_MIN_TRAIN = 20
+DEV_HOLDOUT_SEED = 1234
+
+
 @dataclass
 class TaskData:
     spec: TaskSpec
     train: list[Example]
     dev: list[Example] = field(default_factory=list)
     test: list[Example] = field(default_factory=list)
+    dev_source: str = "dev"  # "dev" (the task's dev split), "train-holdout" (held out of train) or "none"
+
+
+def hold_out_dev(train: list[Example]) -> tuple[list[Example], list[Example]]:
+    """(train without the held-out slice, the slice): DEV_HOLDOUT_FRACTION of train, seeded, order kept."""
+    import random
+
+    n = min(DEV_HOLDOUT_MAX, max(1, round(DEV_HOLDOUT_FRACTION * len(train))))
+    held = set(random.Random(DEV_HOLDOUT_SEED).sample(range(len(train)), n))
+    return [e for i, e in enumerate(train) if i not in held], [e for i, e in enumerate(train) if i in held]
 
 
 @dataclass
@@ -66,7 +87,14 @@ def load_task_data(spec: TaskSpec) -> TaskData:
             f"the data of task '{spec.name}' changed since it was registered (fingerprint "
             f"{spec.fingerprint[:12]}… is now {current[:12]}…); register it again under a new name"
         )
-    return TaskData(spec, splits["train"], splits.get("dev", []), splits.get("test", []))
+    train, dev, source = splits["train"], splits.get("dev", []), "dev"
+    if not dev:
+        if len(train) >= DEV_HOLDOUT_MIN_TRAIN:
+            train, dev = hold_out_dev(train)
+            source = "train-holdout"
+        else:
+            source = "none"
+    return TaskData(spec, train, dev, splits.get("test", []), dev_source=source)
 
 
 def build_model(base: BaseModel) -> AdapterModel:
@@ -87,13 +115,17 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
         p.requires_grad_(False)
     for p in model.trainable_parameters(slot):
         p.requires_grad_(True)
-    train_set = EncodedDataset(train, base.tokenizer, labels, config.max_length)
+    augment = parse_augment(config.augment)
+    train_set = (AugmentedDataset(train, base.tokenizer, labels, config.max_length, augment, config.seed)
+                 if augment is not None else EncodedDataset(train, base.tokenizer, labels, config.max_length))
     train_loader = make_loader(train_set, base.tokenizer, config.batch_size, shuffle=True, seed=config.seed)
     dev_loader = (make_loader(EncodedDataset(dev, base.tokenizer, labels, config.max_length), base.tokenizer,
                               config.eval_batch_size, shuffle=False) if dev else None)
     module = AdapterClassifier(model, slot, config, total_steps(config, len(train_loader)), extra_loss=extra_loss)
     trainer, keep_best = build_trainer(config, train_batches=len(train_loader), has_dev=dev_loader is not None,
                                        logger=logger, show_progress=show_progress, callbacks=callbacks)
+    if logger is not None:  # what `max_epochs: auto` and the schedule came to for this data
+        logger.log_hyperparams({"max_epochs_used": trainer.max_epochs, "planned_steps": module.total_steps})
     model.train()
     trainer.fit(module, train_loader, dev_loader)
     model.eval()
@@ -129,12 +161,13 @@ def evaluate_and_log(run, model: AdapterModel, slot: str, base: BaseModel, confi
 def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None = None, *, method: str = "lora",
                base_model: str | None = None, show_progress: bool = False, parent_run_id: str | None = None,
                model: AdapterModel | None = None, extra_tags: dict[str, str] | None = None,
-               init_from: str | None = None) -> TrainResult:
+               init_from: str | None = None, announce: Callable[[str], None] | None = None) -> TrainResult:
     """Train `task`'s adapter of kind `method`, evaluate on dev and test, register a new version.
 
     Pass `model` to train inside an existing `AdapterModel` (a task sequence keeps every task in one
     model); otherwise a fresh one is built on the (shared) base encoder.  Nothing is registered
-    unless training and evaluation succeed.
+    unless training and evaluation succeed.  `announce(line)` hears the precision line once the task,
+    its data and the base model have been checked, just before training starts.
     """
     config = config or TrainConfig()
     apply_num_threads(config.num_threads)
@@ -156,12 +189,16 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
         extra_tags.update(warm_start(registry, model, slot, base, source))
         extra_tags[T.INIT_FROM] = str(init_from)
     train = subsample(data.train, config.train_limit, config.seed)
+    if announce is not None and is_main_process():
+        from continual.trainer import precision_note
+
+        announce(precision_note(config))
 
     per_task = kind.per_task_parameter_count(kind_config, base.encoder.config)
 
     def fit(run) -> tuple[int, float | None]:
-        return fit_slot(model, slot, base, config, train, data.dev, logger=mlflow_logger(run),
-                        show_progress=show_progress)
+        return fit_slot(model, slot, base, config, train, data.dev, show_progress=show_progress,
+                        logger=mlflow_logger(run) if run is not None else None)
 
     outcome = run_training(registry, fit, model=model, slot=slot, base=base, config=config, data=data,
                            run_name=f"train-{task}", tags={T.RUN_TASK: task, T.ADAPTER_KIND: method},
@@ -194,11 +231,17 @@ def run_training(registry: AdapterRegistry, fit: Callable[[Run], tuple[int, floa
     and (if `register`) register it as a new version of `data.spec`'s task.  The run ends FINISHED,
     FAILED or KILLED (`AdapterRegistry.run`); nothing is registered unless training and evaluation succeed.
     """
+    if not is_main_process():
+        # An extra process of Lightning's DDP launcher (it re-ran this command): it trains its shard of every
+        # batch with the main process and ends there; only the main process logs, evaluates and registers.
+        fit(None)
+        raise SystemExit(0)
     tags = dict(tags)
     if not register:
         tags[T.REGISTERED] = "false"
     with registry.run(run_name, tags, parent=parent) as run:
-        run.log_params(run_params(config, base, data.spec, dev_examples=len(data.dev),
+        run.log_params(run_params(config, base, data.spec, dev_examples=len(data.dev), dev_source=data.dev_source,
+                                  **({"dev_holdout_seed": DEV_HOLDOUT_SEED} if data.dev_source == "train-holdout" else {}),
                                   test_examples=len(data.test), **(params or {})))
         start = time.perf_counter()
         steps, _ = fit(run)

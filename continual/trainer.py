@@ -1,7 +1,7 @@
 """The one place a Lightning `Trainer` is built: every method (train_task, seq-lora, ewc, replay, mtl)
-trains through `build_trainer`, so each honours the same settings: precision, clipping,
-accumulation, early stopping, keep-best weights, the dev-evaluation interval, progressive
-unfreezing and the progress bar."""
+trains through `build_trainer`, so each honours the same settings: precision, the epoch budget
+(`max_epochs: auto`), clipping, accumulation, early stopping, keep-best weights, the dev-evaluation
+interval, progressive unfreezing, diagnostics, several processes (DDP) and the progress bar."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,7 @@ import math
 import lightning as L
 
 from continual.config import TrainConfig
+from continual.diagnostics import Diagnostics
 from continual.module import KeepBestWeights
 from continual.unfreeze import ProgressiveUnfreezing, parse_unfreeze_schedule
 
@@ -16,10 +17,54 @@ from continual.unfreeze import ProgressiveUnfreezing, parse_unfreeze_schedule
 LIGHTNING_PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 
 
+# `max_epochs: auto`: as many whole epochs as fit in this many optimizer steps, at least one and at most
+# AUTO_MAX_EPOCHS.  Chosen on dev splits (README, training settings): small tasks (300-600 examples at
+# batch 16: 19-38 steps an epoch) need ~200 steps to learn, while 2,000 examples (125 steps) learn in
+# one epoch and must not take longer than that; early stopping on dev ends a run sooner.
+AUTO_TARGET_STEPS = 200
+AUTO_MAX_EPOCHS = 20
+
+
+def steps_per_epoch(config: TrainConfig, train_batches: int) -> int:
+    """Optimizer steps per epoch of `train_batches` micro-batches (per process under DDP)."""
+    per_process = math.ceil(train_batches / max(config.devices, 1)) if config.strategy == "ddp" else train_batches
+    return max(1, math.ceil(per_process / config.accumulate_grad_batches))
+
+
+def resolved_epochs(config: TrainConfig, train_batches: int) -> int:
+    """`max_epochs`, with `auto` resolved for a training of `train_batches` micro-batches per epoch:
+    enough epochs for `max_steps` when that is set, else ~AUTO_TARGET_STEPS steps in whole epochs."""
+    if config.max_epochs != "auto":
+        return int(config.max_epochs)
+    per_epoch = steps_per_epoch(config, train_batches)
+    if config.max_steps > 0:
+        return math.ceil(config.max_steps / per_epoch)
+    return min(AUTO_MAX_EPOCHS, max(1, AUTO_TARGET_STEPS // per_epoch))
+
+
 def total_steps(config: TrainConfig, train_batches: int) -> int:
     """Optimizer steps a training will take: epochs x ceil(micro-batches / accumulation), capped by max_steps."""
-    total = math.ceil(train_batches / config.accumulate_grad_batches) * config.max_epochs
+    total = steps_per_epoch(config, train_batches) * resolved_epochs(config, train_batches)
     return min(total, config.max_steps) if config.max_steps > 0 else total
+
+
+def is_main_process() -> bool:
+    """False in the extra processes Lightning's DDP launcher starts (they train, they never log or register)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def lightning_strategy(config: TrainConfig) -> dict:
+    """Trainer keyword arguments for `strategy`/`devices`: DDP over gloo on CPU, nccl on GPUs."""
+    if config.strategy != "ddp":
+        return {"devices": 1}
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy
+
+    on_gpu = torch.cuda.is_available()
+    return {"accelerator": "gpu" if on_gpu else "cpu", "devices": config.devices,
+            "strategy": DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo")}
 
 
 def build_trainer(config: TrainConfig, *, train_batches: int, has_dev: bool, logger=None,
@@ -30,6 +75,11 @@ def build_trainer(config: TrainConfig, *, train_batches: int, has_dev: bool, log
     LightningModule it trains must offer `trainable_parameters()` and, for unfreezing, `model.encoder`.
     """
     cbs = list(callbacks or [])
+    precision = config.resolved_precision
+    cbs.append(Diagnostics(spike_factor=config.loss_spike_factor, overfit_evals=config.overfit_evals,
+                           check_grads=precision != "16",  # fp16's loss scaler skips Inf steps itself
+                           hint=f"optimizer={config.optimizer}, learning_rate={config.learning_rate:g}, "
+                                f"precision={precision}"))
     schedule = parse_unfreeze_schedule(config.unfreeze_schedule)
     if schedule is not None:
         cbs.append(ProgressiveUnfreezing(schedule))
@@ -39,7 +89,9 @@ def build_trainer(config: TrainConfig, *, train_batches: int, has_dev: bool, log
         if config.early_stopping_patience:
             from lightning.pytorch.callbacks import EarlyStopping
 
-            cbs.append(EarlyStopping("dev/accuracy", mode="max", patience=config.early_stopping_patience))
+            # strict=False: a run that ends before its first dev evaluation (max_steps) is not an error.
+            cbs.append(EarlyStopping("dev/accuracy", mode="max", patience=config.early_stopping_patience,
+                                     strict=False, check_on_train_epoch_end=False))
     if show_progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -47,9 +99,10 @@ def build_trainer(config: TrainConfig, *, train_batches: int, has_dev: bool, log
     val_interval = None
     if has_dev and config.eval_every_n_steps:
         val_interval = min(config.eval_every_n_steps * config.accumulate_grad_batches, train_batches)
+    placement = {"accelerator": "auto", **lightning_strategy(config)}
     trainer = L.Trainer(
-        accelerator="auto", devices=1, max_epochs=config.max_epochs, max_steps=config.max_steps,
-        precision=LIGHTNING_PRECISION[config.resolved_precision], gradient_clip_val=config.grad_clip_norm or None,
+        **placement, max_epochs=resolved_epochs(config, train_batches), max_steps=config.max_steps,
+        precision=LIGHTNING_PRECISION[precision], gradient_clip_val=config.grad_clip_norm or None,
         accumulate_grad_batches=config.accumulate_grad_batches, callbacks=cbs, logger=logger or False,
         enable_checkpointing=False, enable_progress_bar=show_progress, enable_model_summary=False,
         log_every_n_steps=1, num_sanity_val_steps=0, val_check_interval=val_interval,
@@ -63,3 +116,17 @@ def mlflow_logger(run):
     from lightning.pytorch.loggers import MLFlowLogger
 
     return MLFlowLogger(experiment_name=run.experiment_name, tracking_uri=run.tracking_uri, run_id=run.run_id)
+
+
+def precision_note(config: TrainConfig) -> str:
+    """One line: the precision training will use and why (what `auto` saw, or that it was asked for)."""
+    from modeling.hardware import detect
+
+    hw = detect()
+    used = config.resolved_precision
+    name = {"32": "fp32", "bf16": "bf16 autocast", "16": "fp16 autocast with dynamic loss scaling"}[used]
+    if config.precision == "auto":
+        why = "" if used == "bf16" else "; fp32 is much faster here than emulated bf16"
+        return f"precision {name} (auto: {hw.description}{why})"
+    slow = used == "bf16" and not hw.native_bf16
+    return f"precision {name} (precision={config.precision} as set{'; this hardware emulates bf16, expect it to be slow' if slow else ''}; {hw.description})"

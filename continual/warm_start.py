@@ -14,7 +14,7 @@ from modeling.base_model import BaseModel
 from modeling.kinds import get_kind
 from modeling.model import AdapterModel
 from registry.registry import AdapterRegistry, AdapterVersion
-from tasks.errors import ContinualError
+from tasks.errors import ContinualError, ContinualWarning
 
 
 class WarmStartError(ContinualError):
@@ -31,7 +31,7 @@ def choose_source(registry: AdapterRegistry, task: str, method: str, init_from: 
             if versions and versions[-1].kind == method:
                 return versions[-1]
         warnings.warn(f"--init-from auto: no related task has a '{method}' adapter yet; training {task} from scratch",
-                      RuntimeWarning, stacklevel=2)
+                      ContinualWarning, stacklevel=2)
         return None
     if init_from == task:
         raise WarmStartError(f"--init-from {init_from} names the task being trained; name another task, auto or none")

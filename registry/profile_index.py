@@ -20,6 +20,7 @@ from modeling.base_model import DEFAULT_BASE_MODEL, load_base_model
 from registry import tags as T
 from retrieval.routing import Related, Route, RouteDiagnosis, RouterConfig, TaskRouter, TextRouter
 from tasks.loaders import Example
+from tasks.errors import ContinualWarning
 
 if TYPE_CHECKING:
     from registry.store import MlflowStore, Run
@@ -105,7 +106,7 @@ class ProfileIndex:
             return cached
         if cached is not None:
             warnings.warn(f"task index in {self.cache_dir} is stale (it holds {len(cached)} tasks, the registry "
-                          f"{len(expected)}); rebuilding it from the registry", RuntimeWarning, stacklevel=2)
+                          f"{len(expected)}); rebuilding it from the registry", ContinualWarning, stacklevel=2)
         self._router = self.rebuild(expected)
         return self._router
 
@@ -117,11 +118,11 @@ class ProfileIndex:
                 warnings.simplefilter("always")
                 router = TaskRouter.load(self.cache_dir)
             for w in caught:  # a corrupt FAISS file was rebuilt from router.npz: say so once
-                warnings.warn(str(w.message), RuntimeWarning, stacklevel=3)
+                warnings.warn(str(w.message), ContinualWarning, stacklevel=3)
             return router
         except (FileNotFoundError, ValueError) as err:
             warnings.warn(f"task index in {self.cache_dir} is unreadable ({err}); rebuilding it from the registry",
-                          RuntimeWarning, stacklevel=3)
+                          ContinualWarning, stacklevel=3)
             return None
 
     def rebuild(self, tasks: dict[str, str] | None = None) -> TaskRouter:

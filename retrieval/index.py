@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.errors import ContinualWarning
+
 __all__ = [
     "IndexConfig",
     "IndexStale",
@@ -335,13 +337,13 @@ def load_or_rebuild(
     """Load the index at ``path``; if it is missing, corrupt or stale, warn, rebuild and save it.
 
     ``build_fn()`` returns a fresh :class:`VectorIndex` from the source of truth (the caller's
-    stored vectors). A rebuild is reported with ``warnings.warn`` (``RuntimeWarning``) naming the
+    stored vectors). A rebuild is reported with ``warnings.warn`` (``ContinualWarning``, a RuntimeWarning) naming the
     reason, and the rebuilt index is written back to ``path``.
     """
     try:
         return VectorIndex.load(path, expected_checksum=expected_checksum, expected_count=expected_count)
     except IndexStale as e:
-        warnings.warn(f"{e}; rebuilding it from the stored vectors.", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"{e}; rebuilding it from the stored vectors.", ContinualWarning, stacklevel=2)
     index = build_fn()
     index.save(path)
     return index

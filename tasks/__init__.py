@@ -5,7 +5,7 @@ torch or mlflow, so anything may use it.
 """
 
 from tasks.demo import DEMO_TASKS, write_demo_suite
-from tasks.errors import ContinualError, TaskError
+from tasks.errors import ContinualError, ContinualWarning, TaskError
 from tasks.fingerprint import data_fingerprint
 from tasks.loaders import Example, build_spec, load_split, read_records
 from tasks.spec import SPLITS, TASK_KINDS, TaskSpec, validate_task_name
@@ -15,6 +15,7 @@ __all__ = [
     "SPLITS",
     "TASK_KINDS",
     "ContinualError",
+    "ContinualWarning",
     "Example",
     "TaskError",
     "TaskSpec",

@@ -7,7 +7,7 @@ instead of a traceback. A traceback is kept for real bugs, which raise anything 
 
 from __future__ import annotations
 
-__all__ = ["ContinualError", "TaskError"]
+__all__ = ["ContinualError", "ContinualWarning", "TaskError"]
 
 
 class ContinualError(Exception):
@@ -20,3 +20,12 @@ class ContinualError(Exception):
 
 class TaskError(ContinualError):
     """A task definition or its data is unusable (bad name, missing file, bad row, ...)."""
+
+
+class ContinualWarning(RuntimeWarning):
+    """Something the user should know that does not stop the job (an index rebuilt, a warm start that
+    found no source, a loss spike, overfitting).
+
+    The project's own category, so the CLI can show these as one yellow line each while it silences
+    third-party noise; a RuntimeWarning subclass so code that already expects RuntimeWarning still does.
+    """
