@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Se
 
 from continual.data import subsample
 from registry import tags as T
-from tasks.errors import ContinualError
+from tasks.errors import ContinualError, ContinualWarning
 
 if TYPE_CHECKING:
     from continual.config import TrainConfig
@@ -441,7 +441,7 @@ class SequenceRunner:
                 self.ctx.init_sources[task] = self.matrix.init_from[i] = self.trained_versions[related.task]
                 return
         warnings.warn(f"init_from: related found no related task with an adapter for '{task}'; it starts fresh",
-                      RuntimeWarning, stacklevel=2)
+                      ContinualWarning, stacklevel=2)
 
     def log_row(self, i: int) -> None:
         row_metrics = self.matrix.metrics_at(i)
