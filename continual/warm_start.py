@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-from modeling.manifest import WEIGHTS_FILE, read_manifest, verify_checksums
+from modeling.manifest import SHARED_FILE, WEIGHTS_FILE, read_manifest, verify_checksums
 from modeling.base_model import BaseModel
 from modeling.kinds import get_kind
 from modeling.model import AdapterModel
@@ -50,7 +50,8 @@ def warm_start(registry: AdapterRegistry, model: AdapterModel, slot: str, base: 
     from safetensors.torch import load_file
 
     folder = registry.local_adapter_dir(source)
-    verify_checksums(folder, {k: v for k, v in source.checksums.items() if k == WEIGHTS_FILE}, f"adapter {source.ref}")
+    # Every recorded file, the config included: its label order and base model id decide what is copied.
+    verify_checksums(folder, {k: v for k, v in source.checksums.items() if k != SHARED_FILE}, f"adapter {source.ref}")
     config = read_manifest(folder)
     if config.base_model_fingerprint != base.fingerprint:
         raise WarmStartError(
