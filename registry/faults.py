@@ -17,6 +17,7 @@ CRASH_ENV = "CONTINUAL_CRASH_AT"
 POINTS = (
     "task.profiled",          # a task's profile run is written, its registered model not yet created
     "run.started",            # a training run exists (RUNNING), nothing trained yet
+    "metrics.logged",         # a run logged metrics (after training: its dev/test accuracy)
     "adapter.written",        # the adapter folder is written and hashed in a temporary folder
     "shared.logged",          # the shared part's file is in the run's artifacts
     "shared.registered",      # the shared part's version exists, the task version not yet

@@ -136,7 +136,8 @@ class ProfileIndex:
         """None when the cache on disk matches the registry's stored profiles, else what is wrong."""
         expected = self._indexed_tasks()
         if not (self.cache_dir / "router.json").exists():
-            return "missing (router.json)" if expected else None
+            # No cache folder at all: never built yet (the first query builds it), not a fault.
+            return "missing (router.json)" if expected and self.cache_dir.exists() else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cached = self._load_cache(quiet=True)

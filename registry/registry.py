@@ -399,6 +399,14 @@ class AdapterRegistry:
                     refs.setdefault(name, set()).add(int(number))
         return refs
 
+    def verify(self, repair: bool = False):
+        """Check the whole store (versions, files, checksums, shared parts, task index): a `VerifyReport`.
+        With `repair`, fix what is safe (quarantine broken versions, drop orphan shared versions, rebuild
+        the index); a good version is never deleted."""
+        from registry.verify import verify_store
+
+        return verify_store(self, repair=repair)
+
     # -- loading -------------------------------------------------------------------------------------------
     def local_adapter_dir(self, version: AdapterVersion) -> Path:
         return Path(self.store.download(version.source, tempfile.mkdtemp(prefix="continual-adapter-")))

@@ -241,6 +241,7 @@ class MlflowStore:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         with_retry(lambda: self.client.log_batch(run_id, metrics=batch), "log metrics")
+        crash_point("metrics.logged")
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
