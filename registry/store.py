@@ -209,8 +209,8 @@ class MlflowStore:
         """A run that ends FINISHED when the block completes, KILLED when it is interrupted (Ctrl-C,
         SIGTERM) and FAILED on any other exception, which is re-raised."""
         run = Run(self, self.start_run(name, tags, parent_run_id))
-        crash_point("run.started")
         try:
+            crash_point("run.started")
             yield run
         except (KeyboardInterrupt, SystemExit, Interrupted):
             self.end_run(run.run_id, "KILLED")

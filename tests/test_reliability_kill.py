@@ -30,11 +30,13 @@ SHARED_POINTS = ["shared.logged", "shared.registered"]
 AFTER_VERSION = {"version.registered", "run.ended"}
 
 
-def run_driver(mode: str, payload: dict, timeout: int = 900) -> object:
+def run_driver(mode: str, payload: dict, timeout: int = 1200, with_stderr: bool = False):
+    """The driver's JSON result (and its children's stderr, with `with_stderr`)."""
     proc = subprocess.run([sys.executable, str(DRIVER), mode, json.dumps(payload)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
     assert "@@RESULT@@" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads(proc.stdout.split("@@RESULT@@", 1)[1])
+    result = json.loads(proc.stdout.split("@@RESULT@@", 1)[1])
+    return (result, proc.stderr) if with_stderr else result
 
 
 @pytest.fixture(scope="module")
