@@ -135,7 +135,6 @@ class AdapterRegistry:
             with self.run(f"register-{spec.name}", {T.RUN_TASK: spec.name}) as run:
                 self.index.log_profile(run, vectors, label_vector)
             profile_run = extra_tags[T.PROFILE_RUN] = run.run_id
-            crash_point("task.profiled")
         tags = {
             **extra_tags,
             T.IS_TASK: "1",
@@ -145,12 +144,17 @@ class AdapterRegistry:
             T.DATA_FINGERPRINT: spec.fingerprint,
         }
         try:
+            crash_point("task.profiled")
             # The database's unique name decides a race between two registrations, not the check above.
             self.store.create_model(spec.name, tags, spec.description)
         except AlreadyExists:
             if profile_run is not None:
                 self.store.delete_run(profile_run)  # the loser leaves no orphan run behind
             self._refuse_taken(spec.name, raced=True)
+            raise
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failed: no task, so no profile run either
+            if profile_run is not None and self.store.get_model(spec.name) is None:
+                self.store.delete_run(profile_run)
             raise
         return spec
 
