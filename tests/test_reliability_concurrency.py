@@ -27,8 +27,9 @@ def store_with_task(new_registry):
     return reg.local_root
 
 
+@pytest.mark.slow
 def test_two_processes_train_into_one_sqlite_store(store_with_task, tiny_base_dir):
-    """Fast tier: 2 processes x 2 trainings give versions 1-4, none duplicated, none failed."""
+    """2 processes x 2 trainings give versions 1-4, none duplicated, none failed."""
     result = run_driver("concurrent", {"store": str(store_with_task), "task": "demo-topic", "processes": 2,
                                        "each": 2, "base": str(tiny_base_dir)})
     assert_trained(result, "demo-topic", 4)
@@ -66,6 +67,7 @@ def test_racing_registrations_of_one_task_name(new_store):
     assert "Traceback" not in stderr and "MlflowException" not in stderr
 
 
+@pytest.mark.slow
 def test_racing_first_versions_of_one_share_group(store_with_task, tiny_base_dir):
     """Three tasks register the first versions of one new share group at once: one shared part, three
     versions of it, each recorded by exactly one task version."""
