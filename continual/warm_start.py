@@ -13,6 +13,7 @@ from modeling.manifest import SHARED_FILE, WEIGHTS_FILE, read_manifest, verify_c
 from modeling.base_model import BaseModel
 from modeling.kinds import get_kind
 from modeling.model import AdapterModel
+from registry import tags as T
 from registry.registry import AdapterRegistry, AdapterVersion
 from tasks.errors import ContinualError
 
@@ -27,7 +28,8 @@ def choose_source(registry: AdapterRegistry, task: str, method: str, init_from: 
         return None
     if init_from == "auto":
         for related in registry.related(task, k=10):
-            versions = registry.versions(related.task)
+            # A quarantined version fails verification (`continual adapters verify --repair`): never a source.
+            versions = [v for v in registry.versions(related.task) if T.QUARANTINED not in v.tags]
             if versions and versions[-1].kind == method:
                 return versions[-1]
         warnings.warn(f"--init-from auto: no related task has a '{method}' adapter yet; training {task} from scratch",

@@ -96,7 +96,7 @@ def _status(wait_status: int) -> int:
     return -os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else os.WEXITSTATUS(wait_status)
 
 
-def _state(store: Path) -> dict:
+def _state(store: "str | Path") -> dict:
     """What a store holds after a job: versions (and whether each verifies), runs by status, shared parts."""
     reg = AdapterRegistry(store)
     versions, broken = [], []
@@ -189,7 +189,7 @@ def mode_concurrent(args: dict) -> dict:
     pids = [_fork(lambda: (_start_together(at), _train_many(args["store"], args["task"], args["each"], args["base"])))
             for _ in range(args["processes"])]
     statuses = [_status(os.waitpid(pid, 0)[1]) for pid in pids]
-    return {"statuses": statuses, "state": _state(Path(args["store"]))}
+    return {"statuses": statuses, "state": _state(args["store"])}
 
 
 def mode_race_task(args: dict) -> dict:
@@ -211,7 +211,7 @@ def mode_race_shared(args: dict) -> dict:
     pids = [_fork(lambda t=t: (_start_together(at), _train_many(args["store"], t, 1, args["base"], "shared-b-lora")))
             for t in args["tasks"]]
     statuses = [_status(os.waitpid(pid, 0)[1]) for pid in pids]
-    return {"statuses": statuses, "state": _state(Path(args["store"]))}
+    return {"statuses": statuses, "state": _state(args["store"])}
 
 
 if __name__ == "__main__":
