@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.errors import ContinualError
+from tasks.errors import ContinualError, Interrupted
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Continual and multi-task fine-tuning with a versioned adapter registry.")
@@ -29,19 +29,48 @@ Store = Annotated[Optional[str], typer.Option(
     help="Store folder, sqlite:///file.db or http(s):// MLflow server (default ./continual-store).")]
 
 
+INTERRUPTED = ("the job was stopped before it finished: its run is marked KILLED and it registered nothing "
+               "(versions registered before the signal are complete and stay)")
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
 def user_errors(fn):
-    """Print a user's mistake as one red line and exit 1, never a traceback."""
+    """Print a user's mistake as one red line and exit 1, never a traceback.
+
+    SIGTERM (schedulers, CI, `kill`) raises `Interrupted` wherever the job is, so its run ends KILLED and
+    nothing half-done is registered; the command then exits 143 (128 + SIGTERM) with one line.  Lightning
+    would otherwise turn SIGTERM into a SystemExit(0), and a script would take the job for a success;
+    its signal connector calls this handler too (it chains the handler it finds installed).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
             return fn(*args, **kwargs)
         except ContinualError as err:
             err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except Interrupted as err:
+            err_console.print(f"[red]error:[/red] {err}: {INTERRUPTED}", highlight=False, soft_wrap=True)
+            raise typer.Exit(128 + err.signum) from None
         except KeyboardInterrupt:
-            err_console.print("[red]interrupted[/red]")
+            err_console.print(f"[red]error:[/red] interrupted (Ctrl-C): {INTERRUPTED}", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except SystemExit as err:
+            # Lightning's SIGTERMException is a SystemExit(0); Lightning exits 1 after a Ctrl-C in fit.
+            # Neither is a success: never let an interrupted job exit 0 silently.
+            if type(err).__name__ == "SIGTERMException" or err.code not in (None, 0):
+                err_console.print(f"[red]error:[/red] interrupted: {INTERRUPTED}", highlight=False, soft_wrap=True)
+                raise typer.Exit(143 if type(err).__name__ == "SIGTERMException" else int(err.code or 1)) from None
+            raise
 
     return wrapper
 
@@ -272,6 +301,29 @@ def adapters_alias(
         raise ContinualError(f"give the version for {name}@{alias}: `continual adapters alias {name} {alias} N`")
     v = reg.set_alias(name, alias, version)
     console.print(f"{name}@{alias} → version {v.version}")
+
+
+@adapters_app.command("verify")
+@user_errors
+def adapters_verify(
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what is safe: quarantine broken versions, drop "
+                                         "unreferenced shared versions, rebuild the task index.")] = False,
+    store: Store = None,
+):
+    """Check every version's files and checksums, shared parts and the task index; exit 1 naming each problem."""
+    _quiet()
+    report = _registry(store).verify(repair=repair)
+    for p in report.problems:
+        if p.repaired:
+            console.print(f"[green]repaired[/green] {p} → {p.repair}", highlight=False, soft_wrap=True)
+        else:
+            hint = f" (--repair: {p.repair})" if p.repair else ""
+            err_console.print(f"[red]problem:[/red] {p}{hint}", highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+    left = sum(not p.repaired for p in report.problems)
+    console.print(f"checked {counts}: {len(report.problems)} problem(s), {left} left")
+    if left:
+        raise typer.Exit(1)
 
 
 # -- inference -----------------------------------------------------------------------------------------

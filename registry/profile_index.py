@@ -5,6 +5,12 @@ encoder (see retrieval.profiles for the measured choice of layer and rule) and s
 artifact of a registration run; the registered model's tags point to it.  The router (FAISS
 indexes + a sidecar of names) is a cache: a folder in a local store, or under ~/.cache for a
 server, rebuilt from the stored vectors, with a warning, when missing, stale or corrupt.
+
+Staleness is judged by content: the cache records, per task, the profile run its vectors came from
+(an immutable artifact), so a task deleted and registered again with other data (a new profile run)
+is rebuilt even though its name did not change.  Rebuilds run under a file lock, and every file is
+written through a unique temporary name and renamed into place, so concurrent processes neither
+crash each other nor read a half-written cache.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ LEGACY_ARTIFACT_DIR = "task_embedding"  # stores written before the router's vec
 VECTORS_FILE = "vectors.npy"
 LABEL_FILE = "label_vector.npy"
 ARTIFACT_DIR = "task_profile"
+SOURCES_KEY = "profiles"  # router.json "extra": task -> "<profile run id>/<folder>" it was built from
 
 
 def example_text(example: Example) -> str:
@@ -98,20 +105,60 @@ class ProfileIndex:
     def router(self) -> TaskRouter:
         """The router over every registered task, from the cache when it is current."""
         expected = self._indexed_tasks()
-        if self._router is not None and sorted(self._router.tasks) == sorted(expected):
+        if self._router is not None and self._router.saved_extra.get(SOURCES_KEY) == expected:
             return self._router
         cached = self._load_cache()
-        if cached is not None and sorted(cached.tasks) == sorted(expected):
+        if cached is not None and cached.saved_extra.get(SOURCES_KEY) == expected:
             self._router = cached
             return cached
-        if cached is not None:
-            warnings.warn(f"task index in {self.cache_dir} is stale (it holds {len(cached)} tasks, the registry "
-                          f"{len(expected)}); rebuilding it from the registry", ContinualWarning, stacklevel=2)
-        self._router = self.rebuild(expected)
+        with self.store.lock("index"):
+            again = self._load_cache(quiet=True)  # another process may have rebuilt it while we waited
+            if again is not None and again.saved_extra.get(SOURCES_KEY) == expected:
+                self._router = again
+                return again
+            if cached is not None:
+                warnings.warn(f"task index in {self.cache_dir} is stale: {self.staleness(cached, expected)}; "
+                              f"rebuilding it from the registry", ContinualWarning, stacklevel=2)
+            self._router = self.rebuild(expected)
         return self._router
 
-    def _load_cache(self) -> TaskRouter | None:
+    @staticmethod
+    def staleness(cached: TaskRouter, expected: dict[str, str]) -> str:
+        """What differs between a cached router and the registry, in words."""
+        held = cached.saved_extra.get(SOURCES_KEY)
+        if not isinstance(held, dict):
+            return "it does not record which stored profiles it was built from"
+        missing = sorted(set(expected) - set(held))
+        extra = sorted(set(held) - set(expected))
+        changed = sorted(t for t in set(held) & set(expected) if held[t] != expected[t])
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"holds removed {', '.join(extra)}"]
+                 if extra else []) + ([f"holds old vectors of {', '.join(changed)} (registered again)"] if changed else [])
+        return "; ".join(parts) or "it disagrees with the registry"
+
+    def check(self) -> str | None:
+        """None when the cache on disk matches the registry's stored profiles, else what is wrong."""
+        expected = self._indexed_tasks()
         if not (self.cache_dir / "router.json").exists():
+            # No cache folder at all: never built yet (the first query builds it), not a fault.
+            return "missing (router.json)" if expected and self.cache_dir.exists() else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cached = self._load_cache(quiet=True)
+            if cached is not None and caught:
+                return f"corrupt ({caught[0].message})"
+        if cached is None:
+            return "unreadable"
+        if cached.saved_extra.get(SOURCES_KEY) != expected:
+            return f"stale: {self.staleness(cached, expected)}"
+        return None
+
+    def _load_cache(self, quiet: bool = False) -> TaskRouter | None:
+        if not (self.cache_dir / "router.json").exists():
+            # A cache folder without its router was deleted or half-removed: say so.  No folder at all is a
+            # store whose router was never built yet (first query after the first registration).
+            if not quiet and self.cache_dir.exists() and self._indexed_tasks():
+                warnings.warn(f"task index in {self.cache_dir} is missing; rebuilding it from the registry",
+                              ContinualWarning, stacklevel=3)
             return None
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -120,9 +167,10 @@ class ProfileIndex:
             for w in caught:  # a corrupt FAISS file was rebuilt from router.npz: say so once
                 warnings.warn(str(w.message), ContinualWarning, stacklevel=3)
             return router
-        except (FileNotFoundError, ValueError) as err:
-            warnings.warn(f"task index in {self.cache_dir} is unreadable ({err}); rebuilding it from the registry",
-                          ContinualWarning, stacklevel=3)
+        except (FileNotFoundError, ValueError, OSError) as err:
+            if not quiet:
+                warnings.warn(f"task index in {self.cache_dir} is unreadable ({err}); rebuilding it from the registry",
+                              ContinualWarning, stacklevel=3)
             return None
 
     def rebuild(self, tasks: dict[str, str] | None = None) -> TaskRouter:
@@ -134,8 +182,9 @@ class ProfileIndex:
                                               tempfile.mkdtemp(prefix="continual-embed-")))
             label = np.load(folder / LABEL_FILE) if (folder / LABEL_FILE).exists() else None
             router.add_task(name, np.load(folder / VECTORS_FILE), label_vector=label)
+        router.saved_extra = {SOURCES_KEY: dict(tasks)}
         if len(router):
-            router.save(self.cache_dir)
+            router.save(self.cache_dir, extra=router.saved_extra)
         return router
 
     # -- queries -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from modeling.base_model import load_base_model
 from modeling.kinds import get_kind
 from modeling.manifest import (
-    BASE_LAYERS_FILE, SHARED_FILE, AdapterManifest, load_adapter_into, read_manifest, verify_checksums, write_adapter_dir,
+    BASE_LAYERS_FILE, CONFIG_FILE, SHARED_FILE, AdapterManifest, ArtifactError, load_adapter_into, read_manifest,
+    verify_checksums, write_adapter_dir,
 )
 from modeling.predictor import Predictor, host_for, private_host
 from registry import tags as T
+from registry.faults import crash_point
 from registry.profile_index import ProfileIndex
-from registry.store import MlflowStore, Run
+from registry.store import AlreadyExists, MlflowStore, Run
 from retrieval.routing import Related, Route, RouteDiagnosis
 from tasks.errors import ContinualError
 from tasks.spec import TaskSpec, validate_task_name
@@ -54,20 +57,51 @@ class AdapterVersion:
     def checksums(self) -> dict[str, str]:
         return {k[len(T.SHA_PREFIX):]: v for k, v in self.tags.items() if k.startswith(T.SHA_PREFIX)}
 
+    @property
+    def experiment(self) -> str | None:
+        """The experiment (sequence, bench) that registered this version, or None for a user's training."""
+        return self.tags.get(T.EXPERIMENT_VERSION)
+
+
+# MLflow refuses these alias names itself (with a raw error): 'latest' and version-like 'v1', 'V12'.
+_RESERVED_ALIAS = re.compile(r"latest|[vV]\d+", re.IGNORECASE)
+_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_ALIAS_RULE = "use letters, digits, '-' or '_' (not only digits, not 'latest' or v<N>, which MLflow reserves)"
+
+
+def validate_alias(alias: str) -> str:
+    if not _ALIAS.fullmatch(alias) or alias.isdigit() or _RESERVED_ALIAS.fullmatch(alias):
+        raise RegistryError(f"alias '{alias}' is not allowed; {_ALIAS_RULE}")
+    return alias
+
 
 def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
     """'task' | 'task@alias' | 'task:3' -> (task, alias, version)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise RegistryError(f"adapter reference {ref!r} is empty; write TASK, TASK@ALIAS or TASK:N, e.g. agnews:3")
     if "@" in ref:
         task, alias = ref.split("@", 1)
         if not alias:
             raise RegistryError(f"'{ref}' has an empty alias; write TASK@ALIAS, e.g. agnews@production")
+        if not _ALIAS.fullmatch(alias):
+            raise RegistryError(f"'{ref}' has a bad alias '{alias}'; {_ALIAS_RULE}")
+        _check_ref_task(ref, task)
         return task, alias, None
     if ":" in ref:
         task, version = ref.rsplit(":", 1)
         if not version.isdigit() or int(version) < 1:
             raise RegistryError(f"'{ref}' has a bad version '{version}'; write TASK:N with N >= 1, e.g. agnews:3")
+        _check_ref_task(ref, task)
         return task, None, int(version)
+    _check_ref_task(ref, ref)
     return ref, None, None
+
+
+def _check_ref_task(ref: str, task: str) -> None:
+    try:
+        validate_task_name(task)
+    except ContinualError as err:
+        raise RegistryError(f"adapter reference '{ref}': {err}") from None
 
 
 class AdapterRegistry:
@@ -92,21 +126,16 @@ class AdapterRegistry:
         and stored with it, for related-task search and routing (`related`, `route`).
         """
         validate_task_name(spec.name)
-        existing = self.store.get_model(spec.name)
-        if existing is not None:
-            what = "a task" if T.IS_TASK in existing.tags else "a shared part"
-            raise RegistryError(
-                f"task name '{spec.name}' is already registered as {what}; choose another name "
-                f"(see `continual tasks list`)"
-            )
+        self._refuse_taken(spec.name)
         extra_tags = {}
+        profile_run = None
         if embed:
             from tasks.loaders import load_split
 
             vectors, label_vector = self.index.profile_task(load_split(spec, "train"), spec.labels)
             with self.run(f"register-{spec.name}", {T.RUN_TASK: spec.name}) as run:
                 self.index.log_profile(run, vectors, label_vector)
-            extra_tags[T.PROFILE_RUN] = run.run_id
+            profile_run = extra_tags[T.PROFILE_RUN] = run.run_id
         tags = {
             **extra_tags,
             T.IS_TASK: "1",
@@ -115,8 +144,30 @@ class AdapterRegistry:
             T.TASK_LABELS: json.dumps(list(spec.labels)),
             T.DATA_FINGERPRINT: spec.fingerprint,
         }
-        self.store.create_model(spec.name, tags, spec.description)
+        try:
+            crash_point("task.profiled")
+            # The database's unique name decides a race between two registrations, not the check above.
+            self.store.create_model(spec.name, tags, spec.description)
+        except AlreadyExists:
+            if profile_run is not None:
+                self.store.delete_run(profile_run)  # the loser leaves no orphan run behind
+            self._refuse_taken(spec.name, raced=True)
+            raise
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) or failed: no task, so no profile run either
+            if profile_run is not None and self.store.get_model(spec.name) is None:
+                self.store.delete_run(profile_run)
+            raise
         return spec
+
+    def _refuse_taken(self, name: str, raced: bool = False) -> None:
+        existing = self.store.get_model(name)
+        if existing is not None:
+            what = "a task" if T.IS_TASK in existing.tags else "a shared part"
+            when = " (by another process, while this one was registering it)" if raced else ""
+            raise RegistryError(
+                f"task name '{name}' is already registered as {what}{when}; choose another name "
+                f"(see `continual tasks list`)"
+            )
 
     # -- related tasks and routing ------------------------------------------------------------------
     @property
@@ -180,8 +231,13 @@ class AdapterRegistry:
         aliases = self.store.aliases(task)
         return [self._version(mv, aliases) for mv in self.store.versions(task)]
 
-    def resolve(self, ref: str) -> AdapterVersion:
-        """'task' (newest), 'task@alias' or 'task:N' -> that version."""
+    def resolve(self, ref: str, include_experiments: bool = False) -> AdapterVersion:
+        """'task' (newest), 'task@alias' or 'task:N' -> that version.
+
+        "Newest" is the newest version a user trained: versions an experiment registered (a sequence, a
+        bench) and versions `adapters verify --repair` quarantined are skipped unless `include_experiments`
+        (quarantined ones always); name them by number or alias to use them.
+        """
         task, alias, number = parse_ref(ref)
         versions = self.versions(task)
         if not versions:
@@ -203,7 +259,17 @@ class AdapterRegistry:
                     f"{', '.join(str(v.version) for v in versions)}); see `continual adapters versions {task}`"
                 )
             return chosen[0]
-        return versions[-1]  # newest: MLflow reserves the alias 'latest'
+        # newest: MLflow reserves the alias 'latest'
+        served = [v for v in versions if T.QUARANTINED not in v.tags
+                  and (include_experiments or T.EXPERIMENT_VERSION not in v.tags)]
+        if not served:
+            skipped = ", ".join(f"{v.ref} ({'quarantined' if T.QUARANTINED in v.tags else 'experiment ' + str(v.experiment)})"
+                                for v in versions[-3:])
+            raise RegistryError(
+                f"task '{task}' has no version trained outside an experiment (newest: {skipped}); name one "
+                f"explicitly ({versions[-1].ref}) or train one with `continual train {task}`"
+            )
+        return served[-1]
 
     def add_version(self, task: str, run_id: str, artifact_path: str, tags: dict[str, str],
                     description: str = "") -> AdapterVersion:
@@ -217,24 +283,52 @@ class AdapterRegistry:
                          tags: dict[str, str], description: str = "") -> AdapterVersion:
         """Write `slot`'s adapter folder into `run`'s artifacts and register it as a new version of
         `manifest.task`; a shared part (shared-B LoRA, task-embedding layers) becomes a version of its
-        own registered model (`<kind>--<share group>`) that the task version records."""
+        own registered model (`<kind>--<share group>`) that the task version records.
+
+        Atomic: every file (config and label map included) is written, hashed, copied into the store and,
+        for a local store, re-hashed there before the version is created, in one transaction holding
+        every sha256.  A crash at any step leaves no version; at worst an unreferenced shared version,
+        which `shared="current"` ignores and `continual adapters verify --repair` removes.  A version
+        registered inside an experiment (tag `continual.sequence`) is marked as one, so "newest" skips it.
+        """
         tags = dict(tags)
+        if T.SEQUENCE in tags:
+            tags.setdefault(T.EXPERIMENT_VERSION, tags[T.SEQUENCE])
         with tempfile.TemporaryDirectory(prefix="continual-save-") as tmp:
             checksums = write_adapter_dir(Path(tmp) / "adapter", model, slot, manifest)
+            crash_point("adapter.written")
             if SHARED_FILE in checksums:
                 group = get_kind(manifest.kind).share_group_of(manifest.kind_config_obj())
                 shared_name = f"{manifest.kind}--{group}"
                 shared_dir = Path(tmp) / "shared"
                 shared_dir.mkdir()
                 (Path(tmp) / "adapter" / SHARED_FILE).rename(shared_dir / SHARED_FILE)
-                run.log_artifacts(shared_dir, "shared")
-                number = self.add_shared_version(shared_name, run.run_id, "shared", {
-                    f"{T.SHA_PREFIX}{SHARED_FILE}": checksums.pop(SHARED_FILE), T.TRAINED_WITH_TASK: manifest.task})
+                shared_tags = {f"{T.SHA_PREFIX}{SHARED_FILE}": checksums.pop(SHARED_FILE),
+                               T.TRAINED_WITH_TASK: manifest.task}
+                self._log_checked(run, shared_dir, "shared", shared_tags, f"shared part of {manifest.task}")
+                crash_point("shared.logged")
+                number = self.add_shared_version(shared_name, run.run_id, "shared", shared_tags)
+                crash_point("shared.registered")
                 tags[T.SHARED_PART] = f"{shared_name}:{number}"
-            run.log_artifacts(Path(tmp) / "adapter", "adapter")
             tags.update({f"{T.SHA_PREFIX}{name}": sha for name, sha in checksums.items()})
-        return self.add_version(manifest.task, run.run_id, "adapter", tags,
-                                description=description or f"{manifest.kind} adapter for {manifest.task}")
+            self._log_checked(run, Path(tmp) / "adapter", "adapter", tags, f"adapter of {manifest.task}")
+        crash_point("adapter.logged")
+        version = self.add_version(manifest.task, run.run_id, "adapter", tags,
+                                   description=description or f"{manifest.kind} adapter for {manifest.task}")
+        crash_point("version.registered")
+        return version
+
+    def _log_checked(self, run: Run, folder: Path, artifact_path: str, tags: dict[str, str], what: str) -> None:
+        """Copy `folder`'s files into the run's artifacts one by one and, in a local store, check that what
+        landed there has the recorded sha256 (a full disk or a dying copy must not become a version)."""
+        for i, file in enumerate(sorted(folder.iterdir())):
+            if i:
+                crash_point("adapter.file_logged")
+            run.log_artifact(file, artifact_path)
+        if self.store.artifact_root is not None:
+            landed = Path(self.store.download(self.store.artifact_uri(run.run_id, artifact_path)))
+            expected = {k[len(T.SHA_PREFIX):]: v for k, v in tags.items() if k.startswith(T.SHA_PREFIX)}
+            verify_checksums(landed, expected, what, required=tuple(expected))
 
     # -- runs ---------------------------------------------------------------------------------------------
     @contextmanager
@@ -264,11 +358,7 @@ class AdapterRegistry:
     # -- aliases ----------------------------------------------------------------------------------------
     def set_alias(self, task: str, alias: str, version: int) -> AdapterVersion:
         """Point `alias` at `version` (creating or moving it)."""
-        if alias == "latest" or not alias.replace("-", "").replace("_", "").isalnum() or alias.isdigit():
-            raise RegistryError(
-                f"alias '{alias}' is not allowed; use letters, digits, '-' or '_' (not only digits, and "
-                f"not 'latest', which MLflow reserves)"
-            )
+        validate_alias(alias)
         target = self.resolve(f"{task}:{version}")
         self.store.set_alias(task, alias, target.version)
         return self.resolve(f"{task}@{alias}")
@@ -282,36 +372,80 @@ class AdapterRegistry:
         """Register a new version of the shared part `name` (e.g. 'shared-b-lora--default')."""
         existing = self.store.get_model(name)
         if existing is None:
-            self.store.create_model(name, {T.IS_SHARED_PART: "1"}, "shared adapter part")
-        elif T.IS_SHARED_PART not in existing.tags:
+            try:
+                self.store.create_model(name, {T.IS_SHARED_PART: "1"}, "shared adapter part")
+            except AlreadyExists:  # another process registered the group's first version a moment ago
+                pass
+            existing = self.store.get_model(name)
+        if T.IS_SHARED_PART not in existing.tags:
             raise RegistryError(f"'{name}' is a task, not a shared part; rename the share group")
         source = self.store.artifact_uri(run_id, artifact_path)
         return int(self.store.create_version(name, source, run_id, tags).version)
 
-    def shared_versions(self, name: str) -> list[int]:
+    def shared_versions(self, name: str, committed: bool = False) -> list[int]:
+        """Versions of shared part `name`, oldest first; with `committed`, only those some task version
+        records (a crash between the two registrations leaves an unreferenced one, never to be used)."""
         if self.store.get_model(name) is None:
             return []
-        return [int(mv.version) for mv in self.store.versions(name)]
+        numbers = [int(mv.version) for mv in self.store.versions(name)]
+        if committed:
+            used = self.shared_references().get(name, set())
+            numbers = [n for n in numbers if n in used]
+        return numbers
+
+    def shared_references(self) -> dict[str, set[int]]:
+        """shared part name -> the versions of it that task versions record."""
+        refs: dict[str, set[int]] = {}
+        for mv in self.store.all_versions():
+            recorded = mv.tags.get(T.SHARED_PART)
+            if recorded and ":" in recorded:
+                name, number = recorded.rsplit(":", 1)
+                if number.isdigit():
+                    refs.setdefault(name, set()).add(int(number))
+        return refs
+
+    def verify(self, repair: bool = False):
+        """Check the whole store (versions, files, checksums, shared parts, task index): a `VerifyReport`.
+        With `repair`, fix what is safe (quarantine broken versions, drop orphan shared versions, rebuild
+        the index); a good version is never deleted."""
+        from registry.verify import verify_store
+
+        return verify_store(self, repair=repair)
 
     # -- loading -------------------------------------------------------------------------------------------
     def local_adapter_dir(self, version: AdapterVersion) -> Path:
         return Path(self.store.download(version.source, tempfile.mkdtemp(prefix="continual-adapter-")))
 
-    def load(self, ref: str, shared: str = "recorded", precision: str = "auto") -> Predictor:
-        """A predictor for 'task', 'task@alias' or 'task:N'.
-
-        The base model is loaded once per process and shared by every adapter on it.  For kinds with
-        a shared part, `shared="recorded"` uses the version the adapter was trained with and
-        `shared="current"` the newest one.  `precision`: "auto" (bf16 autocast where the hardware does
-        bf16 natively, else fp32), "32" or "bf16".
-        """
-        if shared not in ("recorded", "current"):
-            raise RegistryError(f"shared='{shared}' is not valid; use 'recorded' or 'current'")
-        version = self.resolve(ref)
+    def verified_adapter_dir(self, version: AdapterVersion) -> tuple[Path, AdapterManifest]:
+        """The version's folder and config, after every file passed its recorded sha256 and the config
+        agrees with the version's tags.  Nothing from the folder is used before this passes."""
         adapter_dir = self.local_adapter_dir(version)
         verify_checksums(adapter_dir, {k: v for k, v in version.checksums.items() if k != SHARED_FILE},
                          f"adapter {version.ref}")
         config = read_manifest(adapter_dir)
+        for what, in_file, tagged in (("task", config.task, version.task), ("kind", config.kind, version.kind),
+                                      ("base model", config.base_model_id, version.tags.get(T.BASE_MODEL_ID)),
+                                      ("base fingerprint", config.base_model_fingerprint,
+                                       version.tags.get(T.BASE_MODEL_FINGERPRINT))):
+            if tagged is not None and in_file != tagged:
+                raise ArtifactError(f"adapter {version.ref}: its {CONFIG_FILE} names {what} '{in_file}' but the "
+                                    f"registry recorded '{tagged}'; the store is inconsistent, re-train the task")
+        return adapter_dir, config
+
+    def load(self, ref: str, shared: str = "recorded", precision: str = "auto",
+             include_experiments: bool = False) -> Predictor:
+        """A predictor for 'task', 'task@alias' or 'task:N'.
+
+        The base model is loaded once per process and shared by every adapter on it.  For kinds with
+        a shared part, `shared="recorded"` uses the version the adapter was trained with and
+        `shared="current"` the newest one some task version records.  `precision`: "auto" (bf16 autocast
+        where the hardware does bf16 natively, else fp32), "32" or "bf16".  Every file is checked against
+        its recorded sha256 before anything in it is used; only safetensors are read.
+        """
+        if shared not in ("recorded", "current"):
+            raise RegistryError(f"shared='{shared}' is not valid; use 'recorded' or 'current'")
+        version = self.resolve(ref, include_experiments=include_experiments)
+        adapter_dir, config = self.verified_adapter_dir(version)
         base = load_base_model(config.base_model_id)
         if base.fingerprint != config.base_model_fingerprint:
             raise RegistryError(
@@ -343,14 +477,14 @@ class AdapterRegistry:
         name, number = recorded.rsplit(":", 1)
         number = int(number)
         if shared == "current":
-            number = max(self.shared_versions(name) or [number])
+            number = max(self.shared_versions(name, committed=True) or [number])
         mv = self.store.get_version(name, number)
         if mv is None:
             raise RegistryError(f"shared part {name}:{number} used by {version.ref} is missing from the store")
-        from safetensors.torch import load_file
+        from modeling.manifest import load_safetensors
 
         folder = Path(self.store.download(mv.source, tempfile.mkdtemp(prefix="continual-shared-")))
         verify_checksums(folder, {k[len(T.SHA_PREFIX):]: v for k, v in mv.tags.items() if k.startswith(T.SHA_PREFIX)},
-                         f"shared part {name}:{number}")
+                         f"shared part {name}:{number}", required=(SHARED_FILE,))
         # Suffix names the exact shared artifact, so versions (and stores) never share a group by accident.
-        return load_file(str(folder / SHARED_FILE)), f"__s{number}_{hashlib.sha256(mv.source.encode()).hexdigest()[:8]}"
+        return load_safetensors(folder / SHARED_FILE), f"__s{number}_{hashlib.sha256(mv.source.encode()).hexdigest()[:8]}"

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from registry import tags as T
-from tasks.errors import ContinualError
+from registry.faults import crash_point
+from tasks.errors import ContinualError, Interrupted
 
 DEFAULT_STORE = "./continual-store"
 STORE_ENV = "CONTINUAL_STORE"
@@ -21,6 +24,49 @@ STORE_ENV = "CONTINUAL_STORE"
 
 class StoreError(ContinualError):
     pass
+
+
+class AlreadyExists(StoreError):
+    """A registered model of that name exists (another process may have created it a moment ago)."""
+
+
+R = TypeVar("R")
+WRITE_ATTEMPTS = 8  # SQLite answers "database is locked" to concurrent writers beyond its busy timeout
+
+
+def _is_locked(err: Exception) -> bool:
+    text = str(err).lower()
+    return "database is locked" in text or "database table is locked" in text or "temporarily_unavailable" in text
+
+
+def with_retry(fn: Callable[[], R], what: str) -> R:
+    """Run a store write, retrying with jittered exponential backoff while SQLite reports a lock.
+
+    Only lock errors are retried: MLflow rolls the whole transaction back on them, so a retry can
+    never write twice.  Any other error is raised at once.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            return fn()
+        except MlflowException as err:
+            if not _is_locked(err) or attempt == WRITE_ATTEMPTS - 1:
+                if _is_locked(err):
+                    raise StoreError(f"the store stayed locked by other writers while trying to {what}; "
+                                     f"try again when fewer processes write to it") from None
+                raise
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def filter_literal(value: str) -> str:
+    """`value` quoted for an MLflow filter string (names may hold quotes: share-group names do)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise StoreError(f"name {value!r} holds both ' and \"; MLflow cannot search for it, rename it")
 
 
 def resolve_store(store: str | os.PathLike | None = None) -> tuple[str, str | None]:
@@ -61,12 +107,36 @@ class MlflowStore:
         if self._client is None:
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             logging.getLogger("alembic").setLevel(logging.WARNING)
+            # It logs every lock error with a traceback before raising it; `with_retry` handles those.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             from mlflow import MlflowClient
 
-            if self.artifact_root is not None:
-                Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            if self.artifact_root is None:
+                self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+                return self._client
+            Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+            # The first client on a new database runs its schema migrations; two processes doing that at
+            # once crash one of them, so the first touch of a local store happens under a file lock.
+            with self.lock("db"):
+                client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+                client.search_registered_models(max_results=1)
+                self._client = client
         return self._client
+
+    def lock(self, name: str, timeout: float = 600):
+        """An inter-process lock (`filelock`) named `name` beside a local store, or in the user's cache
+        for a server store."""
+        from filelock import FileLock
+
+        if self.artifact_root is not None:
+            folder = Path(self.artifact_root).parent
+        else:
+            import hashlib
+
+            folder = Path.home() / ".cache" / "continual-adapters" / hashlib.sha256(
+                self.tracking_uri.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / f".{name}.lock"), timeout=timeout)
 
     @property
     def experiment_id(self) -> str:
@@ -77,9 +147,18 @@ class MlflowStore:
                 if exp.tags.get(T.EXPERIMENT_KIND) != T.MODEL_TRAINING:  # stores made before the tag existed
                     self.client.set_experiment_tag(exp.experiment_id, T.EXPERIMENT_KIND, T.MODEL_TRAINING)
             else:
+                from mlflow.exceptions import MlflowException
+
                 location = Path(self.artifact_root).as_uri() if self.artifact_root else None
-                self._experiment_id = self.client.create_experiment(
-                    T.EXPERIMENT, artifact_location=location, tags={T.EXPERIMENT_KIND: T.MODEL_TRAINING})
+                try:
+                    self._experiment_id = with_retry(
+                        lambda: self.client.create_experiment(
+                            T.EXPERIMENT, artifact_location=location, tags={T.EXPERIMENT_KIND: T.MODEL_TRAINING}),
+                        "create the experiment")
+                except MlflowException as err:  # another process created it first
+                    if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code) and "already exists" not in str(err):
+                        raise
+                    self._experiment_id = self.client.get_experiment_by_name(T.EXPERIMENT).experiment_id
         return self._experiment_id
 
     # -- registered models (tasks and shared parts) ---------------------------------------------
@@ -94,10 +173,20 @@ class MlflowStore:
             raise
 
     def create_model(self, name: str, tags: dict[str, str], description: str = "") -> None:
-        self.client.create_registered_model(name, tags=tags, description=description or None)
+        """Create a registered model; `AlreadyExists` when the name is taken (check-then-create races
+        end here, in the database's unique constraint, not in a raw MLflow error)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with_retry(lambda: self.client.create_registered_model(name, tags=tags, description=description or None),
+                       f"create '{name}'")
+        except MlflowException as err:
+            if "RESOURCE_ALREADY_EXISTS" in str(err.error_code) or "already exists" in str(err).lower():
+                raise AlreadyExists(f"'{name}' already exists in the store") from None
+            raise
 
     def set_model_tag(self, name: str, key: str, value: str) -> None:
-        self.client.set_registered_model_tag(name, key, value)
+        with_retry(lambda: self.client.set_registered_model_tag(name, key, value), f"tag '{name}'")
 
     def list_models(self, tag_filter: str | None = None) -> list:
         models = []
@@ -114,7 +203,8 @@ class MlflowStore:
         tags = dict(tags or {})
         if parent_run_id:
             tags[T.PARENT_RUN] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run = with_retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags),
+                         f"start run '{name}'")
         return run.info.run_id
 
     @contextmanager
@@ -123,21 +213,28 @@ class MlflowStore:
         SIGTERM) and FAILED on any other exception, which is re-raised."""
         run = Run(self, self.start_run(name, tags, parent_run_id))
         try:
+            crash_point("run.started")
             yield run
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, Interrupted):
             self.end_run(run.run_id, "KILLED")
             raise
         except BaseException:
             self.end_run(run.run_id, "FAILED")
             raise
         self.end_run(run.run_id, "FINISHED")
+        crash_point("run.ended")
+
+    def delete_run(self, run_id: str) -> None:
+        """Move a run to MLflow's deleted lifecycle (e.g. a registration that lost a race)."""
+        with_retry(lambda: self.client.delete_run(run_id), f"delete run {run_id}")
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+            batch = items[i : i + 100]
+            with_retry(lambda: self.client.log_batch(run_id, params=batch), "log params")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         import time
@@ -145,12 +242,15 @@ class MlflowStore:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        with_retry(lambda: self.client.log_batch(run_id, metrics=batch), "log metrics")
+        crash_point("metrics.logged")
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        with_retry(lambda: self.client.log_batch(run_id, tags=batch), "tag a run")
 
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
@@ -159,7 +259,7 @@ class MlflowStore:
         self.client.log_artifact(run_id, str(local_file), artifact_path)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        with_retry(lambda: self.client.set_terminated(run_id, status=status), f"end run {run_id}")
 
     def artifact_uri(self, run_id: str, path: str) -> str:
         return f"{self.client.get_run(run_id).info.artifact_uri}/{path}"
@@ -186,12 +286,27 @@ class MlflowStore:
 
     # -- versions and aliases ------------------------------------------------------------------
     def create_version(self, task: str, source: str, run_id: str, tags: dict[str, str], description: str = ""):
-        return self.client.create_model_version(task, source, run_id=run_id, tags=tags,
-                                                description=description or None)
+        """One new model version with all its tags, in one database transaction: it exists complete or not at all."""
+        return with_retry(lambda: self.client.create_model_version(task, source, run_id=run_id, tags=tags,
+                                                                   description=description or None),
+                          f"register a version of '{task}'")
 
     def versions(self, task: str) -> list:
-        found = self.client.search_model_versions(f"name='{task}'", max_results=10000)
+        found = self.client.search_model_versions(f"name={filter_literal(task)}", max_results=10000)
         return sorted(found, key=lambda v: int(v.version))
+
+    def all_versions(self) -> list:
+        """Every model version in the store (tasks and shared parts)."""
+        found, token = [], None
+        while True:
+            page = self.client.search_model_versions(max_results=10000, page_token=token)
+            found += list(page)
+            token = page.token
+            if not token:
+                return found
+
+    def delete_version(self, name: str, version: int) -> None:
+        with_retry(lambda: self.client.delete_model_version(name, str(version)), f"delete {name}:{version}")
 
     def get_version(self, task: str, version: int):
         from mlflow.exceptions import MlflowException
@@ -214,13 +329,16 @@ class MlflowStore:
         return {alias: int(version) for alias, version in (model.aliases or {}).items()}
 
     def set_alias(self, task: str, alias: str, version: int) -> None:
-        self.client.set_registered_model_alias(task, alias, str(version))
+        with_retry(lambda: self.client.set_registered_model_alias(task, alias, str(version)), f"set {task}@{alias}")
 
     def delete_alias(self, task: str, alias: str) -> None:
-        self.client.delete_registered_model_alias(task, alias)
+        with_retry(lambda: self.client.delete_registered_model_alias(task, alias), f"delete {task}@{alias}")
 
     def set_version_tag(self, task: str, version: int, key: str, value: str) -> None:
-        self.client.set_model_version_tag(task, str(version), key, value)
+        with_retry(lambda: self.client.set_model_version_tag(task, str(version), key, value), f"tag {task}:{version}")
+
+    def delete_version_tag(self, task: str, version: int, key: str) -> None:
+        with_retry(lambda: self.client.delete_model_version_tag(task, str(version), key), f"untag {task}:{version}")
 
 
 class Run:

@@ -29,7 +29,11 @@ WARM_START_HEAD = "warm_start_head"  # copied | fresh
 INIT_FROM = "init_from"  # what --init-from asked for (auto, a task, none)
 BASE_MODIFIED = "base_modified"  # "true": the adapter trained base layers (progressive unfreezing)
 UNFREEZE_SCHEDULE = "unfreeze_schedule"
-SHA_PREFIX = "sha256."  # sha256.<file name> of each weight file
+SHA_PREFIX = "sha256."  # sha256.<file name> of every file of the version (config and label map included)
+EXPERIMENT_VERSION = "continual.experiment"  # set on versions an experiment (sequence, bench) registered:
+#                                             its value names the experiment; "newest" skips these
+QUARANTINED = "continual.quarantined"  # set by `continual adapters verify --repair` on a version whose
+#                                        files fail verification: the reason; "newest" skips these
 METRIC_PREFIX = "metric."  # metric.<name> of the training run's final metrics
 
 # -- on shared-part versions ---------------------------------------------------------------------

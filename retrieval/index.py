@@ -36,6 +36,7 @@ __all__ = [
     "IndexConfig",
     "IndexStale",
     "VectorIndex",
+    "atomic_path",
     "content_checksum",
     "load_or_rebuild",
     "set_num_threads",
@@ -135,6 +136,29 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A unique temporary path beside ``path``; renamed onto ``path`` when the block succeeds.
+
+    Readers see the old file or the new one, never half of one, and two processes writing the same
+    file at once each write their own temporary (a fixed ``.tmp`` name would let one rename the
+    other's half-written file).  The temporary keeps ``path``'s suffix (``np.savez`` insists on .npz).
+    """
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def set_num_threads(n: int) -> None:
@@ -261,9 +285,8 @@ class VectorIndex:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         faiss = _faiss()
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self._index, str(tmp))
-        os.replace(tmp, path)  # readers never see a half-written index
+        with atomic_path(path) as tmp:  # readers never see a half-written index
+            faiss.write_index(self._index, str(tmp))
         sidecar = {
             "version": SIDECAR_VERSION,
             "kind": self.kind,
@@ -274,10 +297,8 @@ class VectorIndex:
             "config": asdict(self.config),
             "ids": {str(i): name for i, name in enumerate(self.names)},
         }
-        side = _sidecar_path(path)
-        side_tmp = side.with_name(side.name + ".tmp")
-        side_tmp.write_text(json.dumps(sidecar))
-        os.replace(side_tmp, side)
+        with atomic_path(_sidecar_path(path)) as side_tmp:
+            side_tmp.write_text(json.dumps(sidecar))
 
     @classmethod
     def load(

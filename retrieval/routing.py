@@ -48,7 +48,7 @@ from retrieval.profiles import (
     sample_texts,
     task_profiles,
 )
-from retrieval.index import IndexConfig, VectorIndex, load_or_rebuild
+from retrieval.index import IndexConfig, VectorIndex, atomic_path, load_or_rebuild
 
 __all__ = ["Related", "Route", "RouteDiagnosis", "RouterConfig", "TaskRouter", "TextRouter"]
 
@@ -137,6 +137,7 @@ class TaskRouter:
         self._routes: VectorIndex | None = None
         self._tasks: VectorIndex | None = None
         self._whitening: Whitening | None = None
+        self.saved_extra: dict = {}  # what `save(extra=...)` recorded, after `load`
 
     # ---- building ------------------------------------------------------------------------
     @property
@@ -284,34 +285,43 @@ class TaskRouter:
         return hits[:k]
 
     # ---- persistence ---------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write the router to ``directory``: router.json + router.npz (the source of truth) and
-        the two FAISS indexes with their sidecars (routes.faiss, tasks.faiss)."""
+    def save(self, directory: str | os.PathLike, extra: dict | None = None) -> None:
+        """Write the router to ``directory``: router.npz (the source of truth), the two FAISS indexes
+        with their sidecars (routes.faiss, tasks.faiss) and, last, router.json.
+
+        Each file is written under a unique temporary name and renamed into place.  router.json holds
+        the sha256 of router.npz, so a reader that meets one writer's router.json beside another's
+        router.npz refuses the pair instead of mixing them.  ``extra`` (JSON) is kept in router.json for
+        the caller (the registry records which stored profiles the router was built from).
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         routes, tasks = self._indexes()
-        tmp = d / (STATE_FILE + ".tmp.npz")
-        np.savez(
-            tmp,
-            counts=np.asarray(self._counts, np.int64),
-            means=np.stack(self._means),
-            labels=np.stack(self._labels),
-            total=self._sum,
-            moment=self._moment,
-        )
-        os.replace(tmp, d / STATE_FILE)
-        meta = {"version": FORMAT_VERSION, "dim": self.dim, "tasks": self._names, "config": asdict(self.config)}
-        (d / META_FILE).write_text(json.dumps(meta, indent=2))
+        with atomic_path(d / STATE_FILE) as tmp:
+            np.savez(
+                tmp,
+                counts=np.asarray(self._counts, np.int64),
+                means=np.stack(self._means),
+                labels=np.stack(self._labels),
+                total=self._sum,
+                moment=self._moment,
+            )
+            state_sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
         routes.save(d / ROUTES_INDEX)
         tasks.save(d / TASKS_INDEX)
+        meta = {"version": FORMAT_VERSION, "dim": self.dim, "tasks": self._names, "config": asdict(self.config),
+                "state_sha256": state_sha, "extra": extra or {}}
+        with atomic_path(d / META_FILE) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TaskRouter:
         """Read a router written by :meth:`save`.
 
         A missing, corrupt or stale FAISS index is rebuilt from router.npz with a
-        ``RuntimeWarning`` (and written back). A missing or unreadable router.json / router.npz
-        raises ``FileNotFoundError`` / ``ValueError``: rebuild the router from the registry.
+        ``RuntimeWarning`` (and written back). A missing or unreadable router.json / router.npz, or a
+        router.npz that is not the one router.json was written with, raises ``FileNotFoundError`` /
+        ``ValueError``: rebuild the router from the registry.  ``saved_extra`` holds save's ``extra``.
         """
         d = Path(directory)
         if not (d / META_FILE).exists() or not (d / STATE_FILE).exists():
@@ -320,8 +330,14 @@ class TaskRouter:
             )
         try:
             meta = json.loads((d / META_FILE).read_text())
+            state_bytes = (d / STATE_FILE).read_bytes()
+            if "state_sha256" in meta and hashlib.sha256(state_bytes).hexdigest() != meta["state_sha256"]:
+                raise ValueError(f"{STATE_FILE} is not the one {META_FILE} was written with")
             self = cls(int(meta["dim"]), RouterConfig(**meta["config"]))
-            with np.load(d / STATE_FILE) as z:
+            self.saved_extra = dict(meta.get("extra") or {})
+            import io
+
+            with np.load(io.BytesIO(state_bytes)) as z:  # allow_pickle stays False: no code runs on load
                 counts, means, labels = z["counts"], z["means"], z["labels"]
                 total, moment = z["total"], z["moment"]
             names = [str(n) for n in meta["tasks"]]

@@ -7,7 +7,7 @@ instead of a traceback. A traceback is kept for real bugs, which raise anything 
 
 from __future__ import annotations
 
-__all__ = ["ContinualError", "ContinualWarning", "TaskError"]
+__all__ = ["ContinualError", "ContinualWarning", "Interrupted", "TaskError"]
 
 
 class ContinualError(Exception):
@@ -29,3 +29,16 @@ class ContinualWarning(RuntimeWarning):
     The project's own category, so the CLI can show these as one yellow line each while it silences
     third-party noise; a RuntimeWarning subclass so code that already expects RuntimeWarning still does.
     """
+
+
+class Interrupted(BaseException):
+    """The process was asked to stop (SIGTERM) in the middle of a job.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that no ``except Exception`` on the way swallows
+    it: runs end KILLED, nothing is registered, and the CLI exits non-zero with one line saying so.
+    Lightning turns SIGTERM into a ``SystemExit(0)``; the CLI installs a handler that raises this instead.
+    """
+
+    def __init__(self, signum: int = 15):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum

@@ -91,7 +91,7 @@ def test_seq_ft_fine_tunes_one_encoder_copy(reg, demo_files, tiny_base_dir):
     names, result = run(reg, demo_files, tiny_base_dir, "seq-ft", "sf")
     copies = result.model.adapter_modules["full"]
     assert copies[names[0]] is copies[names[1]] and len({id(m) for m in copies.values()}) == 1
-    assert reg.resolve(names[1]).kind == "full"
+    assert reg.resolve(names[1], include_experiments=True).kind == "full"
     assert result.metrics["acc"] is not None and result.R[0][1] is not None
 
 
@@ -114,7 +114,7 @@ def test_replay_keeps_a_buffer_and_trains_old_heads(reg, demo_files, tiny_base_d
     # the first head kept training through replay after its version was registered
     from safetensors.torch import load_file
 
-    saved = load_file(str(reg.local_adapter_dir(reg.resolve(names[0])) / "adapter_model.safetensors"))
+    saved = load_file(str(reg.local_adapter_dir(reg.resolve(names[0], include_experiments=True)) / "adapter_model.safetensors"))
     assert not torch.equal(saved["head.weight"], result.model.heads[names[0]].weight)
 
 
@@ -136,7 +136,7 @@ def test_shared_b_lora_shares_one_b_and_records_shared_versions(reg, demo_files,
     assert result.matrix.shared == ["shared-b-lora--default:1", "shared-b-lora--default:2"]
     # B frozen after the first task: the first task's outputs cannot move, so BWT is exactly 0
     assert result.metrics["bwt"] == 0.0
-    assert reg.resolve(names[1]).kind == "shared-b-lora"
+    assert reg.resolve(names[1], include_experiments=True).kind == "shared-b-lora"
 
 
 def test_shared_b_lora_with_b_trained_moves_the_b_earlier_tasks_use(reg, demo_files, tiny_base_dir):

@@ -34,7 +34,7 @@ def test_versions_and_refs(trained):
     v = versions[-1]
     assert v.kind == "lora" and v.tags["base_model_fingerprint"] == load_base_model(
         v.tags["base_model_id"]).fingerprint
-    assert set(v.checksums) == {"adapter_model.safetensors"}
+    assert set(v.checksums) == {"adapter_model.safetensors", "adapter_config.json", "labels.json"}
     assert 0.0 <= v.metrics["test_accuracy"] <= 1.0
     assert reg.resolve(topic).version == 2
     assert reg.resolve(f"{topic}:1").version == 1
@@ -111,6 +111,13 @@ def test_adapter_for_another_base_is_refused(trained):
     config = json.loads(config_path.read_text())
     config["base_model"]["fingerprint"] = "0" * 64
     config_path.write_text(json.dumps(config))
+    from modeling.manifest import ArtifactError, sha256_file
+
+    with pytest.raises(ArtifactError, match="'adapter_config.json' has sha256"):  # an edited config is refused
+        reg.load(f"{topic}:{v.version}")
+    # A consistent version (config, its sha256 and tags agree) for another base: refused by the fingerprint.
+    reg.store.set_version_tag(topic, v.version, "sha256.adapter_config.json", sha256_file(config_path))
+    reg.store.set_version_tag(topic, v.version, "base_model_fingerprint", "0" * 64)
     with pytest.raises(RegistryError, match="was trained on base model .* fingerprint 000000000000"):
         reg.load(f"{topic}:{v.version}")
 

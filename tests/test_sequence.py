@@ -167,7 +167,7 @@ def test_mlflow_parent_and_nested_runs_with_acc_histories(lora_run, reg):
     for key in ("cl/acc", "cl/bwt", "cl/fwt", "cl/forgetting"):
         assert sorted(m.step for m in store.metric_history(result.parent_run_id, key)) == [0, 1, 2]
     # every version the sequence made records it
-    version = reg.resolve(names[1])
+    version = reg.resolve(names[1], include_experiments=True)  # newest skips experiments unless asked
     assert version.tags["continual.sequence"] == "iso" and version.run_id in {r.info.run_id for r in nested}
 
 
