@@ -266,12 +266,14 @@ def adapters_list(store: Store = None):
 
 
 def _print_versions(reg, name: str) -> None:
-    table = Table("version", "kind", "aliases", "test acc", "dev acc", "run")
+    from registry import tags as T
+
+    table = Table("version", "kind", "aliases", "test acc", "dev acc", "shared part", "run")
     for v in reg.versions(name):
         m = v.metrics
         table.add_row(str(v.version), v.kind, ", ".join(v.aliases),
                       *(f"{100 * m[k]:.1f}%" if k in m else "—" for k in ("test_accuracy", "dev_accuracy")),
-                      v.run_id[:8])
+                      v.tags.get(T.SHARED_PART, "—"), v.run_id[:8])
     console.print(table)
 
 

@@ -44,6 +44,9 @@ class TrainConfig:
     max_length: int = 128  # tokens per input (longer inputs are truncated)
     eval_batch_size: int = 64  # batch size for dev/test evaluation
     train_limit: int = 0  # use at most this many training examples (0: all), the same ones each run
+    # shared kinds (shared-b-lora, shared-a-lora, task-embedding): the share group's version to start from
+    # (0: the group's current one; the group's first training creates version 1)
+    shared_version: int = 0
     # opt-in text augmentation of training inputs, e.g. "word_dropout=0.1,word_swap=0.1" ("": off)
     augment: str = ""
     # diagnostics (continual.diagnostics)
@@ -84,6 +87,7 @@ class TrainConfig:
             (self.max_length >= 8, "max_length", "an integer >= 8"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.train_limit >= 0, "train_limit", "an integer >= 0 (0: all)"),
+            (self.shared_version >= 0, "shared_version", "an integer >= 0 (0: the share group's current version)"),
             (self.loss_spike_factor == 0 or self.loss_spike_factor > 1, "loss_spike_factor", "0 (off) or a number > 1"),
             (self.overfit_evals >= 0, "overfit_evals", "an integer >= 0 (0: off)"),
             (self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}"),

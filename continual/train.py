@@ -23,6 +23,7 @@ from modeling.manifest import AdapterManifest
 from modeling.model import AdapterModel
 from registry import tags as T
 from registry.registry import AdapterRegistry, AdapterVersion, Run
+from registry.shared_parts import SharedPart, shared_part_name
 from tasks.errors import ContinualError
 from tasks.fingerprint import data_fingerprint
 from tasks.loaders import Example, load_split
@@ -171,6 +172,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
     """
     config = config or TrainConfig()
     apply_num_threads(config.num_threads)
+    standalone = model is None  # not inside a sequence's model: the task joins its share group's lineage
     kind = get_kind(method)
     spec = registry.task(task)
     data = load_task_data(spec)
@@ -188,6 +190,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
     if source is not None:
         extra_tags.update(warm_start(registry, model, slot, base, source))
         extra_tags[T.INIT_FROM] = str(init_from)
+    shared_from = join_share_group(registry, model, slot, kind, kind_config, config, source) if standalone else None
     train = subsample(data.train, config.train_limit, config.seed)
     if announce is not None and is_main_process():
         from continual.trainer import precision_note
@@ -202,7 +205,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
 
     outcome = run_training(registry, fit, model=model, slot=slot, base=base, config=config, data=data,
                            run_name=f"train-{task}", tags={T.RUN_TASK: task, T.ADAPTER_KIND: method},
-                           parent=parent_run_id, register=True, extra_tags=extra_tags,
+                           parent=parent_run_id, register=True, extra_tags=extra_tags, shared_from=shared_from,
                            params=dict(method=method, task=task, train_examples=len(train),
                                        init_from=extra_tags.get(T.PARENT_ADAPTER, "none"),
                                        per_task_parameters=per_task))
@@ -224,7 +227,7 @@ class TrainingOutcome:
 def run_training(registry: AdapterRegistry, fit: Callable[[Run], tuple[int, float | None]], *, model: AdapterModel,
                  slot: str, base: BaseModel, config: TrainConfig, data: TaskData, run_name: str,
                  tags: dict[str, str], parent: str | None, register: bool, extra_tags: dict[str, str] | None = None,
-                 params: dict | None = None) -> TrainingOutcome:
+                 params: dict | None = None, shared_from: SharedPart | None = None) -> TrainingOutcome:
     """The one run lifecycle every training goes through (`continual train`, each method of a sequence).
 
     In an MLflow run: log the params, `fit(run) -> (steps, best dev)`, evaluate `slot` on dev and test,
@@ -247,14 +250,14 @@ def run_training(registry: AdapterRegistry, fit: Callable[[Run], tuple[int, floa
         steps, _ = fit(run)
         seconds = time.perf_counter() - start
         metrics = evaluate_and_log(run, model, slot, base, config, data, steps, seconds)
-        version = (register_slot(registry, run, model, slot, base, config, data.spec, metrics, extra_tags)
-                   if register else None)
+        version = (register_slot(registry, run, model, slot, base, config, data.spec, metrics, extra_tags,
+                                 shared_from) if register else None)
     return TrainingOutcome(run.run_id, version, metrics, seconds, steps)
 
 
 def register_slot(registry: AdapterRegistry, run, model: AdapterModel, slot: str, base: BaseModel,
                   config: TrainConfig, spec: TaskSpec, metrics: dict[str, float],
-                  extra_tags: dict[str, str] | None) -> AdapterVersion:
+                  extra_tags: dict[str, str] | None, shared_from: SharedPart | None = None) -> AdapterVersion:
     """Register `slot` (trained for task `spec`) as a new adapter version, with lineage and metrics."""
     info = model.slots[slot]
     manifest = AdapterManifest(
@@ -267,4 +270,27 @@ def register_slot(registry: AdapterRegistry, run, model: AdapterModel, slot: str
         **({T.BASE_MODIFIED: "true", T.UNFREEZE_SCHEDULE: config.unfreeze_schedule} if info.base_state else {}),
         **{f"{T.METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in metrics.items()},
     }
-    return registry.register_adapter(run, model, slot, manifest, tags)
+    return registry.register_adapter(run, model, slot, manifest, tags, shared_from=shared_from)
+
+
+def join_share_group(registry: AdapterRegistry, model: AdapterModel, slot: str, kind, kind_config, config: TrainConfig,
+                     source: AdapterVersion | None) -> SharedPart | None:
+    """A standalone training of a shared kind starts from its share group's shared part as registered: the
+    version a warm-start source recorded, else `shared_version`, else the group's current one (None: the
+    group has none yet, and this training creates version 1).  Loaded into `slot`, it trains only with
+    train_shared=true (registry/shared_parts.py says how versions follow)."""
+    if not kind.has_shared_part:
+        return None
+    group = kind.share_group_of(kind_config)
+    if source is not None and source.tags.get(T.SHARED_PART):
+        name, number = source.tags[T.SHARED_PART].rsplit(":", 1)
+        if name != shared_part_name(kind.name, group):
+            raise TrainError(f"--init-from {source.ref}: it was trained with shared part {name}, but this training's "
+                             f"share group is '{group}'; set --set share_group={name.split('--', 1)[-1]} or use "
+                             f"--init-from none")
+        part = registry.shared_part(kind.name, group, int(number))
+    else:
+        part = registry.shared_part(kind.name, group, config.shared_version or None)  # a missing version: one line
+    if part is not None:
+        kind.load_shared_state(model, slot, part.state)
+    return part

@@ -21,6 +21,7 @@ from modeling.predictor import Predictor, host_for, private_host
 from registry import tags as T
 from registry.faults import crash_point
 from registry.profile_index import ProfileIndex
+from registry.shared_parts import SharedPart, current_version, load_shared_part, shared_part_name
 from registry.store import AlreadyExists, MlflowStore, Run
 from retrieval.routing import Related, Route, RouteDiagnosis
 from tasks.errors import ContinualError
@@ -280,7 +281,8 @@ class AdapterRegistry:
         return self._version(mv, {})
 
     def register_adapter(self, run: Run, model: "AdapterModel", slot: str, manifest: AdapterManifest,
-                         tags: dict[str, str], description: str = "") -> AdapterVersion:
+                         tags: dict[str, str], description: str = "",
+                         shared_from: "SharedPart | None" = None) -> AdapterVersion:
         """Write `slot`'s adapter folder into `run`'s artifacts and register it as a new version of
         `manifest.task`; a shared part (shared-B LoRA, task-embedding layers) becomes a version of its
         own registered model (`<kind>--<share group>`) that the task version records.
@@ -290,6 +292,8 @@ class AdapterRegistry:
         every sha256.  A crash at any step leaves no version; at worst an unreferenced shared version,
         which `shared="current"` ignores and `continual adapters verify --repair` removes.  A version
         registered inside an experiment (tag `continual.sequence`) is marked as one, so "newest" skips it.
+        `shared_from`: the shared part the slot started from; when training left it bit-identical, the
+        version records it instead of registering a copy (registry/shared_parts.py).
         """
         tags = dict(tags)
         if T.SEQUENCE in tags:
@@ -299,17 +303,21 @@ class AdapterRegistry:
             crash_point("adapter.written")
             if SHARED_FILE in checksums:
                 group = get_kind(manifest.kind).share_group_of(manifest.kind_config_obj())
-                shared_name = f"{manifest.kind}--{group}"
+                shared_name = shared_part_name(manifest.kind, group)
                 shared_dir = Path(tmp) / "shared"
                 shared_dir.mkdir()
                 (Path(tmp) / "adapter" / SHARED_FILE).rename(shared_dir / SHARED_FILE)
-                shared_tags = {f"{T.SHA_PREFIX}{SHARED_FILE}": checksums.pop(SHARED_FILE),
-                               T.TRAINED_WITH_TASK: manifest.task}
-                self._log_checked(run, shared_dir, "shared", shared_tags, f"shared part of {manifest.task}")
-                crash_point("shared.logged")
-                number = self.add_shared_version(shared_name, run.run_id, "shared", shared_tags)
-                crash_point("shared.registered")
-                tags[T.SHARED_PART] = f"{shared_name}:{number}"
+                shared_sha = checksums.pop(SHARED_FILE)
+                if shared_from is not None and shared_from.name == shared_name and shared_from.sha256 == shared_sha:
+                    tags[T.SHARED_PART] = shared_from.ref  # unchanged (train_shared=false): the same version
+                else:
+                    shared_tags = {f"{T.SHA_PREFIX}{SHARED_FILE}": shared_sha, T.TRAINED_WITH_TASK: manifest.task,
+                                   **({T.PARENT_SHARED: shared_from.ref} if shared_from is not None else {})}
+                    self._log_checked(run, shared_dir, "shared", shared_tags, f"shared part of {manifest.task}")
+                    crash_point("shared.logged")
+                    number = self.add_shared_version(shared_name, run.run_id, "shared", shared_tags)
+                    crash_point("shared.registered")
+                    tags[T.SHARED_PART] = f"{shared_name}:{number}"
             tags.update({f"{T.SHA_PREFIX}{name}": sha for name, sha in checksums.items()})
             self._log_checked(run, Path(tmp) / "adapter", "adapter", tags, f"adapter of {manifest.task}")
         crash_point("adapter.logged")
@@ -381,6 +389,15 @@ class AdapterRegistry:
             raise RegistryError(f"'{name}' is a task, not a shared part; rename the share group")
         source = self.store.artifact_uri(run_id, artifact_path)
         return int(self.store.create_version(name, source, run_id, tags).version)
+
+    def shared_part(self, kind: str, group: str, version: int | None = None) -> "SharedPart | None":
+        """The share group's shared part to start a training from: `version`, or the group's current one
+        (the newest version a task records); None when the group has none yet."""
+        name = shared_part_name(kind, group)
+        number = version if version is not None else current_version(self, name)
+        if number is None:
+            return None
+        return load_shared_part(self, name, number, f"share group '{group}' of {kind}")
 
     def shared_versions(self, name: str, committed: bool = False) -> list[int]:
         """Versions of shared part `name`, oldest first; with `committed`, only those some task version
@@ -476,15 +493,8 @@ class AdapterRegistry:
             return None, ""
         name, number = recorded.rsplit(":", 1)
         number = int(number)
-        if shared == "current":
-            number = max(self.shared_versions(name, committed=True) or [number])
-        mv = self.store.get_version(name, number)
-        if mv is None:
-            raise RegistryError(f"shared part {name}:{number} used by {version.ref} is missing from the store")
-        from modeling.manifest import load_safetensors
-
-        folder = Path(self.store.download(mv.source, tempfile.mkdtemp(prefix="continual-shared-")))
-        verify_checksums(folder, {k[len(T.SHA_PREFIX):]: v for k, v in mv.tags.items() if k.startswith(T.SHA_PREFIX)},
-                         f"shared part {name}:{number}", required=(SHARED_FILE,))
+        if shared == "current":  # the newest version of THIS share group's lineage that a task records
+            number = current_version(self, name) or number
+        part = load_shared_part(self, name, number, f"adapter {version.ref}")
         # Suffix names the exact shared artifact, so versions (and stores) never share a group by accident.
-        return load_safetensors(folder / SHARED_FILE), f"__s{number}_{hashlib.sha256(mv.source.encode()).hexdigest()[:8]}"
+        return part.state, f"__s{number}_{part.sha256[:8]}"

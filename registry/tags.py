@@ -38,6 +38,7 @@ METRIC_PREFIX = "metric."  # metric.<name> of the training run's final metrics
 
 # -- on shared-part versions ---------------------------------------------------------------------
 TRAINED_WITH_TASK = "trained_with_task"  # the task whose training produced this shared version
+PARENT_SHARED = "parent_shared"  # "<shared model>:<version>" the training started from (its lineage)
 
 # -- on runs ---------------------------------------------------------------------------------------
 RUN_TASK = "continual.task"  # the task a run trained or registered (comma-joined for joint training)
