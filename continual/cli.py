@@ -267,9 +267,10 @@ def predict(
     reg = _registry(store)
     if task == "auto":  # no task name: the router picks each text's task
         routes = [r[0] for r in reg.route(items)]
+        # One mixed-task batch for all routed texts, not one adapter load and forward per text.
+        predictions = reg.predict_many([(route.task, text) for text, route in zip(items, routes)])
         table = Table("text", "routed task", "route score", "label", "score", title="predict auto")
-        for text, route in zip(items, routes):
-            p = reg.load(route.task).predict([text])[0]
+        for text, route, p in zip(items, routes, predictions):
             table.add_row(_short(text), route.task, f"{route.score:.3f}", p.label, f"{p.score:.3f}")
         console.print(table)
         return

@@ -14,7 +14,7 @@ from modeling.base_model import load_base_model
 from modeling.manifest import (
     BASE_LAYERS_FILE, SHARED_FILE, AdapterManifest, load_adapter_into, read_manifest, verify_checksums, write_adapter_dir,
 )
-from modeling.predictor import Predictor, host_for, private_host
+from modeling.predictor import Predictor, ensure_loaded, host_for, private_host
 from registry import tags as T
 from registry.profile_index import ProfileIndex
 from registry.store import MlflowStore, Run
@@ -24,6 +24,7 @@ from tasks.spec import TaskSpec, validate_task_name
 
 if TYPE_CHECKING:
     from modeling.model import AdapterModel
+    from modeling.predictor import Prediction
 
 
 class RegistryError(ContinualError):
@@ -324,13 +325,23 @@ class AdapterRegistry:
         source_id = hashlib.sha256(version.source.encode()).hexdigest()[:10]
         slot = f"{version.task}__v{version.version}__{source_id}{slot_suffix}"
         host = private_host(base, slot) if (adapter_dir / BASE_LAYERS_FILE).exists() else host_for(base)
-        with host.lock:
-            if slot not in host.slots:
-                if shared_state is not None:
-                    config.kind_config["share_group"] = f"{config.kind_config.get('share_group', 'default')}{slot_suffix}"
-                load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
-                host.eval()
-        return Predictor(host, slot, base, config, version.task, version.version, precision=precision)
+        if shared_state is not None:
+            config.kind_config["share_group"] = f"{config.kind_config.get('share_group', 'default')}{slot_suffix}"
+
+        def loader() -> None:  # called again if the slot was evicted (bounded loaded adapters)
+            load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
+
+        ensure_loaded([(host, slot, loader)])
+        return Predictor(host, slot, base, config, version.task, version.version, precision=precision,
+                         loader=loader)
+
+    def predict_many(self, items: Sequence[tuple[str, str]], batch_size: int = 32,
+                     precision: str = "auto") -> list["Prediction"]:
+        """One prediction per (task reference, text): rows of different tasks share forward passes
+        (registry/multi.py)."""
+        from registry.multi import predict_many
+
+        return predict_many(self, items, batch_size=batch_size, precision=precision)
 
     def _shared_state(self, version: AdapterVersion, config: AdapterManifest, shared: str):
         """(shared weights to use or None, slot suffix naming the shared version)."""

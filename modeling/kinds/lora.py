@@ -87,6 +87,13 @@ class LoraKind(AdapterKind):
             # and which parameters train is the trainer's decision, not inference's.
             layer._active_adapter = [slot] if slot in layer.lora_A else []
 
+    def drop(self, model: "AdapterModel", slot: str) -> None:
+        """Delete `slot`'s LoRA A/B modules from every peft layer (bounded inference hosts evict slots)."""
+        from peft.functional import delete_adapter
+        from peft.tuners.lora import LoraLayer
+
+        delete_adapter(model.encoder, slot, prefix="lora_", layer_cls=LoraLayer)
+
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
