@@ -246,6 +246,20 @@ def adapters_alias(
     console.print(f"{name}@{alias} → version {v.version}")
 
 
+@adapters_app.command("export")
+@user_errors
+def adapters_export(
+    ref: Annotated[str, typer.Argument(help="TASK, TASK@ALIAS or TASK:VERSION.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (must not exist, or be empty).")],
+    format: Annotated[str, typer.Option("--format", help="Format to write: peft (LoRA versions).")] = "peft",
+    store: Store = None,
+):
+    """Write an adapter version in a format other tools read (peft: PeftModel.from_pretrained, vLLM, LoRAX)."""
+    _quiet()
+    out = _registry(store).export(ref, out_dir, format)
+    console.print(f"wrote {ref} as a {format} adapter to {out}")
+
+
 # -- inference -----------------------------------------------------------------------------------------
 @app.command("predict")
 @user_errors

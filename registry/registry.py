@@ -335,6 +335,19 @@ class AdapterRegistry:
         return Predictor(host, slot, base, config, version.task, version.version, precision=precision,
                          loader=loader)
 
+    def export(self, ref: str, out_dir: str | os.PathLike, format: str = "peft") -> Path:
+        """Write version `ref` into `out_dir` in a format other tools read (modeling/export.py)."""
+        from modeling.export import check_format, check_target, export_adapter
+
+        check_format(format)
+        check_target(out_dir)
+        version = self.resolve(ref)
+        adapter_dir = self.local_adapter_dir(version)
+        verify_checksums(adapter_dir, {k: v for k, v in version.checksums.items() if k != SHARED_FILE},
+                         f"adapter {version.ref}")
+        base = load_base_model(read_manifest(adapter_dir).base_model_id)
+        return export_adapter(adapter_dir, out_dir, base, format, what=f"adapter {version.ref}")
+
     def predict_many(self, items: Sequence[tuple[str, str]], batch_size: int = 32,
                      precision: str = "auto") -> list["Prediction"]:
         """One prediction per (task reference, text): rows of different tasks share forward passes
