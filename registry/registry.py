@@ -17,6 +17,7 @@ from modeling.manifest import (
 from modeling.predictor import Predictor, ensure_loaded, host_for, private_host
 from registry import tags as T
 from registry.profile_index import ProfileIndex
+from registry.serving import write_pyfunc_flavor
 from registry.store import MlflowStore, Run
 from retrieval.routing import Related, Route, RouteDiagnosis
 from tasks.errors import ContinualError
@@ -231,6 +232,7 @@ class AdapterRegistry:
                 number = self.add_shared_version(shared_name, run.run_id, "shared", {
                     f"{T.SHA_PREFIX}{SHARED_FILE}": checksums.pop(SHARED_FILE), T.TRAINED_WITH_TASK: manifest.task})
                 tags[T.SHARED_PART] = f"{shared_name}:{number}"
+            write_pyfunc_flavor(Path(tmp) / "adapter", manifest, checksums)  # servable: registry/serving.py
             run.log_artifacts(Path(tmp) / "adapter", "adapter")
             tags.update({f"{T.SHA_PREFIX}{name}": sha for name, sha in checksums.items()})
         return self.add_version(manifest.task, run.run_id, "adapter", tags,
