@@ -1,7 +1,7 @@
 """Many tasks in one call: `AdapterRegistry.predict_many([(task_ref, text), ...])`.
 
 Each distinct reference is loaded once (`AdapterRegistry.load`), then the rows of every adapter on the
-same base model share forward passes (`modeling.predictor.predict_mixed`: peft mixed-batch LoRA for
+same base model share forward passes (`modeling.predictor.predict_mixed`: per-row batched LoRA for
 `lora` versions, one sub-batch per adapter for other kinds).
 """
 from __future__ import annotations

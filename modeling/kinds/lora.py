@@ -93,6 +93,9 @@ class LoraKind(AdapterKind):
         from peft.tuners.lora import LoraLayer
 
         delete_adapter(model.encoder, slot, prefix="lora_", layer_cls=LoraLayer)
+        # peft makes another remaining adapter active when the active one is deleted; the model
+        # records "no active slot" after a removal, so the layers must say the same.
+        self.activate(model, None)
 
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
