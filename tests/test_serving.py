@@ -30,16 +30,30 @@ def served(new_registry, tiny_base_dir, tmp_path_factory):
     return reg
 
 
+@pytest.fixture
+def tracking(served, monkeypatch):
+    """Point mlflow's process-wide tracking and registry URIs at the store (other tests, e.g. training
+    through Lightning's MLflow logger, may have set them to their own store), and put them back."""
+    import mlflow
+
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.tracking_uri)
+    mlflow.set_tracking_uri(served.tracking_uri)
+    mlflow.set_registry_uri(served.tracking_uri)
+    yield
+    mlflow.set_tracking_uri(before[0])
+    mlflow.set_registry_uri(before[1])
+
+
 def expected(reg, ref):
     return [(p.label, p.score) for p in reg.load(ref).predict(TEXTS)]
 
 
 @pytest.mark.parametrize("task", ["news", "bottle"])
-def test_version_loads_as_a_pyfunc_model(served, task, monkeypatch):
+def test_version_loads_as_a_pyfunc_model(served, task, tracking):
     import mlflow.pyfunc
     import pandas as pd
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.tracking_uri)
     ref = "news@production" if task == "news" else "bottle:1"
     model = mlflow.pyfunc.load_model(f"models:/{ref.replace(':', '/')}")
     out = model.predict(pd.DataFrame({"text": TEXTS}))
@@ -50,11 +64,10 @@ def test_version_loads_as_a_pyfunc_model(served, task, monkeypatch):
     assert all(abs(g[1] - w[1]) < 1e-5 for g, w in zip(got, want))
 
 
-def test_bad_input_column_is_one_clear_error(served, monkeypatch):
+def test_bad_input_column_is_one_clear_error(served, tracking):
     import mlflow.pyfunc
     import pandas as pd
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/news@production")
     with pytest.raises(Exception, match=r"missing inputs \['text'\]"):  # mlflow's schema check
         model.predict(pd.DataFrame({"sentence": TEXTS}), params=None)
