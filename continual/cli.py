@@ -328,6 +328,20 @@ def adapters_verify(
         raise typer.Exit(1)
 
 
+@adapters_app.command("export")
+@user_errors
+def adapters_export(
+    ref: Annotated[str, typer.Argument(help="TASK, TASK@ALIAS or TASK:VERSION.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (must not exist, or be empty).")],
+    format: Annotated[str, typer.Option("--format", help="Format to write: peft (LoRA versions).")] = "peft",
+    store: Store = None,
+):
+    """Write an adapter version in a format other tools read (peft: PeftModel.from_pretrained, vLLM, LoRAX)."""
+    _quiet()
+    out = _registry(store).export(ref, out_dir, format)
+    console.print(f"wrote {ref} as a {format} adapter to {out}")
+
+
 # -- inference -----------------------------------------------------------------------------------------
 @app.command("predict")
 @user_errors
@@ -349,9 +363,10 @@ def predict(
     reg = _registry(store)
     if task == "auto":  # no task name: the router picks each text's task
         routes = [r[0] for r in reg.route(items)]
+        # One mixed-task batch for all routed texts, not one adapter load and forward per text.
+        predictions = reg.predict_many([(route.task, text) for text, route in zip(items, routes)])
         table = Table("text", "routed task", "route score", "label", "score", title="predict auto")
-        for text, route in zip(items, routes):
-            p = reg.load(route.task).predict([text])[0]
+        for text, route, p in zip(items, routes, predictions):
             table.add_row(_short(text), route.task, f"{route.score:.3f}", p.label, f"{p.score:.3f}")
         console.print(table)
         return

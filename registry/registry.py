@@ -15,13 +15,14 @@ from modeling.base_model import load_base_model
 from modeling.kinds import get_kind
 from modeling.manifest import (
     BASE_LAYERS_FILE, CONFIG_FILE, SHARED_FILE, AdapterManifest, ArtifactError, load_adapter_into, read_manifest,
-    verify_checksums, write_adapter_dir,
+    sha256_file, verify_checksums, write_adapter_dir,
 )
-from modeling.predictor import Predictor, host_for, private_host
+from modeling.predictor import Predictor, ensure_loaded, host_for, private_host
 from registry import tags as T
 from registry.faults import crash_point
 from registry.profile_index import ProfileIndex
 from registry.shared_parts import SharedPart, current_version, load_shared_part, shared_part_name
+from registry.serving import MLMODEL_FILE, write_pyfunc_flavor
 from registry.store import AlreadyExists, MlflowStore, Run
 from retrieval.routing import Related, Route, RouteDiagnosis
 from tasks.errors import ContinualError
@@ -29,6 +30,7 @@ from tasks.spec import TaskSpec, validate_task_name
 
 if TYPE_CHECKING:
     from modeling.model import AdapterModel
+    from modeling.predictor import Prediction
 
 
 class RegistryError(ContinualError):
@@ -318,6 +320,9 @@ class AdapterRegistry:
                     number = self.add_shared_version(shared_name, run.run_id, "shared", shared_tags)
                     crash_point("shared.registered")
                     tags[T.SHARED_PART] = f"{shared_name}:{number}"
+            # Servable as an MLflow pyfunc model (registry/serving.py); its MLmodel file is hashed like the rest.
+            write_pyfunc_flavor(Path(tmp) / "adapter", manifest, checksums)
+            checksums[MLMODEL_FILE] = sha256_file(Path(tmp) / "adapter" / MLMODEL_FILE)
             tags.update({f"{T.SHA_PREFIX}{name}": sha for name, sha in checksums.items()})
             self._log_checked(run, Path(tmp) / "adapter", "adapter", tags, f"adapter of {manifest.task}")
         crash_point("adapter.logged")
@@ -476,15 +481,38 @@ class AdapterRegistry:
         source_id = hashlib.sha256(version.source.encode()).hexdigest()[:10]
         slot = f"{version.task}__v{version.version}__{source_id}{slot_suffix}"
         host = private_host(base, slot) if (adapter_dir / BASE_LAYERS_FILE).exists() else host_for(base)
-        with host.lock:
-            if slot not in host.slots:
-                if shared_state is not None:  # a group of its own per shared version (see AdapterKind)
-                    kind, kind_config = get_kind(config.kind), config.kind_config_obj()
-                    config.kind_config = kind.renamed_share_group(
-                        kind_config, f"{kind.share_group_of(kind_config)}{slot_suffix}").to_dict()
-                load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
-                host.eval()
-        return Predictor(host, slot, base, config, version.task, version.version, precision=precision)
+        if shared_state is not None:  # a group of its own per shared version (see AdapterKind)
+            kind, kind_config = get_kind(config.kind), config.kind_config_obj()
+            config.kind_config = kind.renamed_share_group(
+                kind_config, f"{kind.share_group_of(kind_config)}{slot_suffix}").to_dict()
+
+        def loader() -> None:  # called again if the slot was evicted (bounded loaded adapters)
+            load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
+
+        ensure_loaded([(host, slot, loader)])
+        return Predictor(host, slot, base, config, version.task, version.version, precision=precision,
+                         loader=loader)
+
+    def export(self, ref: str, out_dir: str | os.PathLike, format: str = "peft") -> Path:
+        """Write version `ref` into `out_dir` in a format other tools read (modeling/export.py)."""
+        from modeling.export import check_format, check_target, export_adapter
+
+        check_format(format)
+        check_target(out_dir)
+        version = self.resolve(ref)
+        adapter_dir = self.local_adapter_dir(version)
+        verify_checksums(adapter_dir, {k: v for k, v in version.checksums.items() if k != SHARED_FILE},
+                         f"adapter {version.ref}")
+        base = load_base_model(read_manifest(adapter_dir).base_model_id)
+        return export_adapter(adapter_dir, out_dir, base, format, what=f"adapter {version.ref}")
+
+    def predict_many(self, items: Sequence[tuple[str, str]], batch_size: int = 32,
+                     precision: str = "auto") -> list["Prediction"]:
+        """One prediction per (task reference, text): rows of different tasks share forward passes
+        (registry/multi.py)."""
+        from registry.multi import predict_many
+
+        return predict_many(self, items, batch_size=batch_size, precision=precision)
 
     def _shared_state(self, version: AdapterVersion, config: AdapterManifest, shared: str):
         """(shared weights to use or None, slot suffix naming the shared version)."""

@@ -72,7 +72,9 @@ def test_mlflow_and_faiss_each_imported_in_one_module():
             for name in imports_of(path):
                 if top(name) in owners:
                     owners[top(name)].add(path.relative_to(ROOT).as_posix())
-    assert owners["mlflow"] <= {"registry/store.py"}, owners["mlflow"]
+    # The store's verbs live in store.py; the pyfunc flavour that makes versions servable by
+    # `mlflow models serve` is mlflow's own file format, written and loaded in serving.py.
+    assert owners["mlflow"] <= {"registry/store.py", "registry/serving.py"}, owners["mlflow"]
     assert owners["faiss"] <= {"retrieval/index.py"}, owners["faiss"]
 
 

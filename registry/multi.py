@@ -1,0 +1,32 @@
+"""Many tasks in one call: `AdapterRegistry.predict_many([(task_ref, text), ...])`.
+
+Each distinct reference is loaded once (`AdapterRegistry.load`), then the rows of every adapter on the
+same base model share forward passes (`modeling.predictor.predict_mixed`: per-row batched LoRA for
+`lora` versions, one sub-batch per adapter for other kinds).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from modeling.predictor import Prediction, Predictor, predict_mixed
+from tasks.errors import ContinualError
+
+if TYPE_CHECKING:
+    from registry.registry import AdapterRegistry
+
+
+def predict_many(registry: "AdapterRegistry", items: Sequence[tuple[str, str]], batch_size: int = 32,
+                 precision: str = "auto") -> list[Prediction]:
+    """One `Prediction` per (task reference, text), in input order."""
+    items = list(items)
+    for n, item in enumerate(items):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise ContinualError(f"predict_many item {n} is {item!r}; give (task_ref, text) pairs of strings, "
+                                 f"e.g. ('agnews@production', 'Oil prices jump')")
+    if batch_size < 1:
+        raise ContinualError(f"batch_size={batch_size} must be >= 1")
+    predictors: dict[str, Predictor] = {}
+    for ref, _ in items:
+        if ref not in predictors:
+            predictors[ref] = registry.load(ref, precision=precision)
+    return predict_mixed([(predictors[ref], text) for ref, text in items], batch_size=batch_size)
