@@ -43,7 +43,7 @@ def fresh(new_registry, tiny_base_dir):
 
 def test_every_file_of_a_version_is_hashed(trained):
     reg, version, folder = trained
-    assert set(version.checksums) == {WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE}
+    assert set(version.checksums) == {WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE, "MLmodel"}  # MLmodel: the pyfunc flavour
     assert all(sha256_file(folder / name) == sha for name, sha in version.checksums.items())
 
 
