@@ -112,3 +112,41 @@ def test_classification_on_a_causal_lm_answers_with_a_label(gpt2_dir, new_regist
     answers = predictor.predict(["number 4", "number 7"])
     assert all(isinstance(p, Prediction) and p.label in ("even", "odd") and 0 < p.score <= 1 for p in answers)
     assert predictor.predict_proba(["number 4"]).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_continual_predict_prints_the_generation(trained):
+    from typer.testing import CliRunner
+
+    from continual.cli import app
+    from modeling.generation import generate
+
+    registry, result = trained
+    expected = generate(result.model, result.slot, ["next 3 :"], max_new_tokens=5)[0].text
+    out = CliRunner().invoke(app, ["predict", "next-digit", "next 3 :", "--max-new-tokens", "5",
+                                   "--store", str(registry.local_root)])
+    assert out.exit_code == 0, out.output
+    assert "next-digit:1" in out.output and expected in out.output
+
+
+def test_two_generation_tasks_in_a_sequence_give_a_forgetting_matrix_and_route_by_prompt(gpt2_dir, new_registry,
+                                                                                          tmp_path):
+    from continual.sequence import SequenceSpec, run_sequence
+
+    rng = random.Random(0)
+    registry = new_registry("seq-store")
+    copy_rows = lambda n: [{"prompt": f"please repeat the digit {d} for me :", "completion": str(d)}  # noqa: E731
+                           for d in (rng.randrange(10) for _ in range(n))]
+    for name, make in (("next-digit", lambda n: digit_task(rng, n, "next")), ("copy-digit", copy_rows)):
+        registry.register_task(build_spec(name, write_jsonl(tmp_path / name / "train.jsonl", make(32)),
+                                          test=write_jsonl(tmp_path / name / "test.jsonl", make(6)), kind="generation"))
+    assert registry.route(["next 4 :"])[0][0].task == "next-digit"  # the router read the prompts
+    assert registry.route(["please repeat the digit 7 for me :"])[0][0].task == "copy-digit"
+    spec = SequenceSpec(name="gen-seq", tasks=("next-digit", "copy-digit"), method="seq-lora",
+                        config=dict(max_epochs=1, precision="32", learning_rate=1e-2, batch_size=16,
+                                    eval_batch_size=16), base_model=str(gpt2_dir), task_agnostic=True)
+    result = run_sequence(registry, spec)
+    R = result.R
+    assert R[0][0] is not None and R[1][0] is not None and R[1][1] is not None and R[0][1] is not None
+    assert set(result.metrics) == {"acc", "bwt", "fwt", "forgetting"}
+    parent = registry.run_info(result.parent_run_id)
+    assert "acc/next-digit" in parent.data.metrics and "cl/forgetting" in parent.data.metrics

