@@ -137,8 +137,8 @@ def tasks_register(
     train: Annotated[Path, typer.Option("--train", help="Training split (JSONL, CSV, Parquet or datasets folder).")],
     dev: Annotated[Optional[Path], typer.Option("--dev", help="Dev split (early stopping).")] = None,
     test: Annotated[Optional[Path], typer.Option("--test", help="Test split (final accuracy).")] = None,
-    text_field: Annotated[list[str], typer.Option("--text-field", help="Text field; repeat for pairs.")] = ["text"],
-    label_field: Annotated[str, typer.Option("--label-field", help="Label field.")] = "label",
+    text_field: Annotated[Optional[list[str]], typer.Option("--text-field", help="Text field; repeat for pairs (default: text; prompt for generation, or messages for chat turns).")] = None,
+    label_field: Annotated[Optional[str], typer.Option("--label-field", help="Label field (default: label; completion for generation).")] = None,
     kind: Annotated[str, typer.Option("--kind", help="classification or generation.")] = "classification",
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated label set (default: from train).")] = None,
     description: Annotated[str, typer.Option("--description", help="What the task is.")] = "",
@@ -148,14 +148,14 @@ def tasks_register(
     from tasks.loaders import build_spec
 
     spec = build_spec(name, str(train), str(dev) if dev else None, str(test) if test else None, kind=kind,
-                      text_fields=tuple(text_field), label_field=label_field,
+                      text_fields=tuple(text_field) if text_field else None, label_field=label_field,
                       labels=[l.strip() for l in labels.split(",")] if labels else None, description=description)
     _quiet()
     reg = _registry(store)
     reg.register_task(spec)
-    console.print(f"registered task [bold]{spec.name}[/bold]: {len(spec.labels)} labels "
-                  f"({', '.join(spec.labels[:8])}{', …' if len(spec.labels) > 8 else ''}), "
-                  f"data fingerprint {spec.fingerprint[:12]}")
+    what = (f"{len(spec.labels)} labels ({', '.join(spec.labels[:8])}{', …' if len(spec.labels) > 8 else ''})"
+            if spec.kind == "classification" else f"generation ({', '.join(spec.text_fields)} -> {spec.label_field})")
+    console.print(f"registered task [bold]{spec.name}[/bold]: {what}, data fingerprint {spec.fingerprint[:12]}")
     _print_related(reg.related(spec.name, k=3), f"related registered tasks")
 
 
@@ -210,7 +210,7 @@ def train(
     method: Annotated[str, typer.Option("--method", help="Adapter kind, e.g. lora.")] = "lora",
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of TrainConfig settings.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value (repeatable).")] = [],
-    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Hugging Face id or local path.")] = None,
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="ID_OR_PATH_OR_NAME: a Hugging Face id, a local folder, or smollm2-135m (a causal LM; generation tasks need one). Default: all-MiniLM-L6-v2.")] = None,
     init_from: Annotated[str, typer.Option("--init-from", help="Warm start: auto (nearest related task), TASK[:N|@ALIAS], or none.")] = "none",
     store: Store = None,
 ):
@@ -243,7 +243,10 @@ def _print_result(result) -> None:
     def pct(x):
         return "—" if x is None else f"{100 * x:.1f}%"
 
-    console.print(f"[green]{result.version.ref}[/green] registered: test accuracy {pct(result.test_accuracy)}, "
+    m = result.version.metrics  # causal LMs add token accuracy and perplexity
+    lm = (f", token accuracy {pct(m['test_token_accuracy'])}, perplexity {m['test_perplexity']:.2f}"
+          if "test_perplexity" in m else "")
+    console.print(f"[green]{result.version.ref}[/green] registered: test accuracy {pct(result.test_accuracy)}{lm}, "
                   f"dev {pct(result.dev_accuracy)}, {result.steps} steps in {result.seconds:.1f}s "
                   f"(run {result.run_id[:8]})")
 
@@ -349,9 +352,11 @@ def predict(
     task: Annotated[str, typer.Argument(help="TASK, TASK@ALIAS or TASK:VERSION.")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify.")] = None,
     input: Annotated[Optional[Path], typer.Option("--input", help="File with one text per line.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generation tasks: most tokens to generate.", min=1)] = 64,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Generation tasks: stop at this string (repeatable).")] = None,
     store: Store = None,
 ):
-    """Predict labels with a task's adapter."""
+    """Predict labels with a task's adapter (generation tasks: print the generated text)."""
     _quiet()
     items = list(texts or [])
     if input is not None:
@@ -363,18 +368,38 @@ def predict(
     reg = _registry(store)
     if task == "auto":  # no task name: the router picks each text's task
         routes = [r[0] for r in reg.route(items)]
-        # One mixed-task batch for all routed texts, not one adapter load and forward per text.
-        predictions = reg.predict_many([(route.task, text) for text, route in zip(items, routes)])
+        generative = {task for task in {r.task for r in routes} if reg.task(task).kind == "generation"}
+        # One mixed-task batch for every routed text of a classification task, not one load and forward per text.
+        labelled = iter(reg.predict_many([(route.task, text) for text, route in zip(items, routes)
+                                          if route.task not in generative]))
         table = Table("text", "routed task", "route score", "label", "score", title="predict auto")
-        for text, route, p in zip(items, routes, predictions):
-            table.add_row(_short(text), route.task, f"{route.score:.3f}", p.label, f"{p.score:.3f}")
+        for text, route in zip(items, routes):
+            if route.task in generative:
+                answer = _answer(reg.load(route.task), [text], max_new_tokens, stop)[0]
+            else:
+                p = next(labelled)
+                answer = (p.label, f"{p.score:.3f}")
+            table.add_row(_short(text), route.task, f"{route.score:.3f}", *answer)
         console.print(table)
         return
     predictor = reg.load(task)
+    answers = _answer(predictor, items, max_new_tokens, stop)
+    if getattr(predictor, "objective", "classification") == "generation":
+        for text, (generated, score) in zip(items, answers):  # whole text: a generation is the answer itself
+            console.print(f"[bold]{predictor.task}:{predictor.version}[/bold] (mean log-prob {score})")
+            console.print(generated, markup=False, highlight=False)
+        return
     table = Table("text", "label", "score", title=f"{predictor.task}:{predictor.version}")
-    for text, p in zip(items, predictor.predict(items)):
-        table.add_row(_short(text), p.label, f"{p.score:.3f}")
+    for text, p in zip(items, answers):
+        table.add_row(_short(text), *p)
     console.print(table)
+
+
+def _answer(predictor, items: list[str], max_new_tokens: int, stop: list[str] | None) -> list[tuple[str, str]]:
+    """(answer, score) per text: the label of a classifier, the generated text of a generation task."""
+    if getattr(predictor, "objective", "classification") == "generation":
+        return [(g.text, f"{g.score:.3f}") for g in predictor.generate(items, max_new_tokens=max_new_tokens, stop=stop or ())]
+    return [(p.label, f"{p.score:.3f}") for p in predictor.predict(items)]
 
 
 def _short(text: str) -> str:

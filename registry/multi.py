@@ -29,4 +29,15 @@ def predict_many(registry: "AdapterRegistry", items: Sequence[tuple[str, str]], 
     for ref, _ in items:
         if ref not in predictors:
             predictors[ref] = registry.load(ref, precision=precision)
-    return predict_mixed([(predictors[ref], text) for ref, text in items], batch_size=batch_size)
+    # Encoder adapters share forward passes; any other predictor (a classifier on a causal LM) answers its
+    # own rows in one call per reference.
+    out: list = [None] * len(items)
+    mixed = [n for n, (ref, _) in enumerate(items) if type(predictors[ref]) is Predictor]
+    for n, answer in zip(mixed, predict_mixed([(predictors[items[n][0]], items[n][1]) for n in mixed],
+                                              batch_size=batch_size)):
+        out[n] = answer
+    for ref in {ref for n, (ref, _) in enumerate(items) if out[n] is None and n not in set(mixed)}:
+        rows = [n for n, (r, _) in enumerate(items) if r == ref]
+        for n, answer in zip(rows, predictors[ref].predict([items[n][1] for n in rows], batch_size=batch_size)):
+            out[n] = answer
+    return out

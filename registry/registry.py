@@ -476,6 +476,8 @@ class AdapterRegistry:
                 f"load it where that exact base model is installed, or re-train the task"
             )
         shared_state, slot_suffix = self._shared_state(version, config, shared)
+        if base.causal_lm:  # trained on a decoder: answers as text (modeling.lm_predictor)
+            return self._load_lm(version, adapter_dir, config, base, shared_state, slot_suffix, precision)
         # An adapter that trained base layers gets a private copy of the base; all others share one.
         # The slot names the exact artifact (two stores in one process can both hold "task:1").
         source_id = hashlib.sha256(version.source.encode()).hexdigest()[:10]
@@ -513,6 +515,22 @@ class AdapterRegistry:
         from registry.multi import predict_many
 
         return predict_many(self, items, batch_size=batch_size, precision=precision)
+
+    def _load_lm(self, version: AdapterVersion, adapter_dir: Path, config: AdapterManifest, base, shared_state,
+                 slot_suffix: str, precision: str):
+        from modeling.lm_predictor import LMPredictor, lm_host_for, set_slot_format
+
+        source_id = hashlib.sha256(version.source.encode()).hexdigest()[:10]
+        slot = f"{version.task}__v{version.version}__{source_id}{slot_suffix}"
+        host = lm_host_for(base)
+        with host.lock:
+            if slot not in host.slots:
+                if shared_state is not None:
+                    config.kind_config["share_group"] = f"{config.kind_config.get('share_group', 'default')}{slot_suffix}"
+                load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
+                set_slot_format(host, slot, config)
+                host.eval()
+        return LMPredictor(host, slot, base, config, version.task, version.version, precision=precision)
 
     def _shared_state(self, version: AdapterVersion, config: AdapterManifest, shared: str):
         """(shared weights to use or None, slot suffix naming the shared version)."""

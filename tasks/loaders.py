@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from tasks.errors import TaskError
 from tasks.fingerprint import data_fingerprint
-from tasks.spec import TaskSpec, validate_task_name
+from tasks.spec import DEFAULT_FIELDS, MESSAGES_FIELD, TaskSpec, validate_task_name
 
 __all__ = ["Example", "build_spec", "load_split", "read_records"]
 
@@ -34,11 +34,17 @@ _Located = list[tuple[str, dict[str, Any]]]
 
 @dataclass(frozen=True)
 class Example:
-    """One input/label pair as the trainer sees it."""
+    """One input/label pair as the trainer sees it.
+
+    Generation tasks: `text` is the prompt and `label` the completion.  A chat example also keeps its
+    prompt turns in `messages` ((role, content) pairs, rendered with the tokenizer's chat template);
+    its `text` is then the turns as "role: content" lines, which routing and fingerprints read.
+    """
 
     text: str
-    label: str  # class name, or the target text for generation tasks
+    label: str  # class name, or the target text (completion) for generation tasks
     text_pair: str | None = None  # second text field, for pair tasks (two text fields)
+    messages: tuple[tuple[str, str], ...] | None = None  # chat turns before the completion (generation)
 
 
 def _what(path: str | Path, split: str | None) -> str:
@@ -219,6 +225,36 @@ def _example(texts: Sequence[str], label: str) -> Example:
     return Example(text="\n".join(texts), label=label)
 
 
+def _chat_example(record: dict[str, Any], spec: TaskSpec, what: str, where: str) -> Example:
+    """A `messages` record: the turns before the completion, and the completion (the record's label
+    field when it has one, else the last turn, which must then be the assistant's)."""
+    turns = record.get(MESSAGES_FIELD)
+    if not isinstance(turns, list) or not turns:
+        raise TaskError(f"{what} {where}: field {MESSAGES_FIELD!r} must be a non-empty list of "
+                        f"{{\"role\": ..., \"content\": ...}} objects, got {turns!r}")
+    pairs = []
+    for turn in turns:
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+            raise TaskError(f"{what} {where}: each message needs string fields 'role' and 'content', got {turn!r}")
+        pairs.append((turn["role"], turn["content"]))
+    if spec.label_field in record:
+        completion = _field(record, spec.label_field, what, where, "--label-field")
+    elif pairs[-1][0] == "assistant" and len(pairs) > 1:
+        (_, completion), pairs = pairs[-1], pairs[:-1]
+    else:
+        raise TaskError(f"{what} {where}: no completion: give a {spec.label_field!r} field or end "
+                        f"{MESSAGES_FIELD!r} with an assistant turn after the prompt turns")
+    text = "\n".join(f"{role}: {content}" for role, content in pairs)
+    return Example(text=text, label=completion, messages=tuple(pairs))
+
+
+def _check_generation(example: Example, spec: TaskSpec, what: str, where: str) -> Example:
+    if not example.text.strip() or (example.messages is not None and not any(c.strip() for _, c in example.messages)):
+        fields = MESSAGES_FIELD if example.messages is not None else ", ".join(map(repr, spec.text_fields))
+        raise TaskError(f"{what} {where}: the prompt ({fields}) is empty; every row of a generation task needs a prompt")
+    return example
+
+
 def _read_examples(spec: TaskSpec, split: str, path: str) -> list[Example]:
     what = _what(path, split)
     rows = _read_located(Path(path), split)
@@ -226,7 +262,15 @@ def _read_examples(spec: TaskSpec, split: str, path: str) -> list[Example]:
         raise TaskError(f"{what} has no examples; a split needs at least one row")
     valid = set(spec.labels)
     examples = []
+    chat = spec.kind == "generation" and spec.text_fields == (MESSAGES_FIELD,)
     for where, record in rows:
+        if chat:
+            example = _chat_example(record, spec, what, where)
+            label = unicodedata.normalize("NFC", example.label).strip()
+            if not label:
+                raise TaskError(f"{what} {where}: the completion is empty; every row needs a completion")
+            examples.append(_check_generation(replace(example, label=label), spec, what, where))
+            continue
         texts = [_field(record, f, what, where, "--text-field") for f in spec.text_fields]
         # Labels are identifiers: normalise them so "pos " and "pos" are one class.
         label = _field(record, spec.label_field, what, where, "--label-field")
@@ -239,7 +283,8 @@ def _read_examples(spec: TaskSpec, split: str, path: str) -> list[Example]:
                 f"({', '.join(map(repr, spec.labels))}); fix the row, or list every label with --labels "
                 "(default: the labels of the train split)"
             )
-        examples.append(_example(texts, label))
+        example = _example(texts, label)
+        examples.append(_check_generation(example, spec, what, where) if spec.kind == "generation" else example)
     return examples
 
 
@@ -275,17 +320,22 @@ def build_spec(
     test: str | os.PathLike[str] | None = None,
     *,
     kind: str = "classification",
-    text_fields: Sequence[str] = ("text",),
-    label_field: str = "label",
+    text_fields: Sequence[str] | None = None,
+    label_field: str | None = None,
     labels: Sequence[str] | None = None,
     description: str = "",
 ) -> TaskSpec:
     """Check every given split and return the task's spec with labels and fingerprint filled in.
 
     Labels are inferred from train when ``labels`` is None or empty; otherwise every split is
-    checked against them. Raises ``TaskError`` on any problem and never writes anything.
+    checked against them. Fields not given default per kind (``tasks.spec.DEFAULT_FIELDS``: ``text``
+    and ``label``; ``prompt`` and ``completion`` for generation; ``messages`` for chat turns).
+    Raises ``TaskError`` on any problem and never writes anything.
     """
     validate_task_name(name)
+    default_text, default_label = DEFAULT_FIELDS.get(kind, DEFAULT_FIELDS["classification"])
+    text_fields = text_fields or default_text
+    label_field = label_field or default_label
     if isinstance(labels, str):
         labels = (labels,)
     given = tuple(unicodedata.normalize("NFC", str(label)).strip() for label in labels or ())

@@ -13,10 +13,15 @@ from typing import Any, Mapping
 
 from tasks.errors import TaskError
 
-__all__ = ["SPLITS", "TASK_KINDS", "TaskSpec", "validate_task_name"]
+__all__ = ["DEFAULT_FIELDS", "MESSAGES_FIELD", "SPLITS", "TASK_KINDS", "TaskSpec", "validate_task_name"]
 
 TASK_KINDS = ("classification", "generation")
 SPLITS = ("train", "dev", "test")
+# (text fields, label field) when none are given: a generation task reads `prompt` and `completion`.
+DEFAULT_FIELDS = {"classification": (("text",), "label"), "generation": (("prompt",), "completion")}
+# A generation task whose one text field is this reads chat turns: a list of {"role", "content"}
+# objects, rendered with the tokenizer's chat template (tasks.loaders, "messages").
+MESSAGES_FIELD = "messages"
 
 # A task name becomes a folder name, an MLflow registered-model name and a CLI argument, so it is
 # kept to characters that are safe in all three. '.' is refused too: a task name is also a key of
@@ -58,7 +63,7 @@ class TaskSpec:
     test: str | None = None  # absolute path of the test split, if any
     kind: str = "classification"  # one of TASK_KINDS
     text_fields: tuple[str, ...] = ("text",)  # input columns; 2 = a text pair, more are joined
-    label_field: str = "label"  # class column, or the target text for generation
+    label_field: str = "label"  # class column, or the target text (completion) for generation
     labels: tuple[str, ...] = ()  # ordered label set, index = class id (empty for generation)
     description: str = ""  # free text shown by `continual tasks show`
     fingerprint: str = ""  # sha256 hex of the normalised data (tasks.fingerprint)
