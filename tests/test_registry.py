@@ -34,7 +34,7 @@ def test_versions_and_refs(trained):
     v = versions[-1]
     assert v.kind == "lora" and v.tags["base_model_fingerprint"] == load_base_model(
         v.tags["base_model_id"]).fingerprint
-    assert set(v.checksums) == {"adapter_model.safetensors", "adapter_config.json", "labels.json"}
+    assert set(v.checksums) == {"adapter_model.safetensors", "adapter_config.json", "labels.json", "MLmodel"}
     assert 0.0 <= v.metrics["test_accuracy"] <= 1.0
     assert reg.resolve(topic).version == 2
     assert reg.resolve(f"{topic}:1").version == 1
