@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import sys
 import tempfile
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from common import quiet  # noqa: E402
 
 ORDERS = {
     1: ["dbpedia", "amazon", "yelp", "agnews"],
@@ -78,19 +78,6 @@ ROWS = [
     Row("lora(progressive unfreezing)", "lora",
         {"unfreeze_schedule": "every=8,unit=step,group=1,lr_decay=0.05,max_layers=2"}, note="top 2 layers unfrozen"),
 ]
-
-
-def quiet() -> None:
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import lightning  # noqa: F401  (importing it resets its loggers' level)
-    from transformers.utils import logging as hf_logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Path, seed: int = 0) -> list:

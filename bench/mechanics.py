@@ -15,34 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from common import quiet  # noqa: E402
 
 SEQUENCE = ["agnews", "sst2", "dbpedia"]
 OLD_DEFAULTS = {"learning_rate": 1e-3, "max_epochs": 1, "early_stopping_patience": 0}  # before issue 10
 # Lion takes steps of size lr in every coordinate (sign updates): its paper uses a 3-10x smaller LR than AdamW.
 LION_LR_FACTOR = 0.2
-
-
-def quiet() -> None:
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import lightning  # noqa: F401  (importing it resets its loggers' level)
-    from transformers.utils import logging as hf_logging
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def register(registry, data_dir: Path, task: str):
