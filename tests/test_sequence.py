@@ -277,7 +277,7 @@ def test_init_from_related_warm_starts_from_the_nearest_trained_task_and_probes_
                                         linear_probe=True, method="lora"))
     m = result.matrix
     assert m.init_from == [None, f"{names[0]}:1"]  # the only earlier task is the nearest one
-    version = reg.resolve(names[1])
+    version = reg.resolve(names[1], include_experiments=True)
     assert version.tags["parent_adapter"] == f"{names[0]}:1"
     # the warm-started slot is not the fresh one: R[0][1] measures it (forward transfer is no longer 0 by design)
     assert m.probe_before[1] is not None and m.probe_after[1] is not None

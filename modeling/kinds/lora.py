@@ -139,16 +139,6 @@ class LoraKind(AdapterKind):
             wanted = [slot, *model.slots[slot].stacked] if slot in model.slots else [slot]
             layer._active_adapter = [s for s in wanted if s in layer.lora_A]
 
-    def drop(self, model: "AdapterModel", slot: str) -> None:
-        """Delete `slot`'s LoRA A/B modules from every peft layer (bounded inference hosts evict slots)."""
-        from peft.functional import delete_adapter
-        from peft.tuners.lora import LoraLayer
-
-        delete_adapter(model.encoder, slot, prefix="lora_", layer_cls=LoraLayer)
-        # peft makes another remaining adapter active when the active one is deleted; the model
-        # records "no active slot" after a removal, so the layers must say the same.
-        self.activate(model, None)
-
     def slot_state_dict(self, model: "AdapterModel", slot: str) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
