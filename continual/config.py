@@ -56,7 +56,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto (one process) | ddp
     devices: int = 1  # processes (CPU) or GPUs to train on
     # LoRA (peft names)
-    r: int = 8  # LoRA rank
+    r: int = 16  # LoRA rank (16: chosen on the sst2 dev split, 83.7% vs 82.0% at r=8, see README)
     lora_alpha: int = 16  # LoRA scaling numerator (scale = lora_alpha / r)
     lora_dropout: float = 0.1  # dropout on the LoRA branch
     target_modules: list[str] | None = None  # modules to adapt (None: peft's default for the model type)

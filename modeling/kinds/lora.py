@@ -23,7 +23,7 @@ class LoraKindConfig(KindConfig):
     """LoRA's settings, with peft's names; the one place they are checked (TrainConfig and the
     shared-factor LoRA kinds use this class's checks)."""
 
-    r: int = 8  # rank of B (d x r) and A (r x k)
+    r: int = 16  # rank of B (d x r) and A (r x k); the same default as TrainConfig.r
     lora_alpha: int = 16  # scaling numerator: delta = (lora_alpha / r) * B A
     lora_dropout: float = 0.1  # dropout on the LoRA branch input
     # Module names to adapt; None lets peft pick its default for the architecture
