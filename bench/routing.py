@@ -341,7 +341,7 @@ WARM_BUDGET = {
 # the default lr 1e-3, 19 steps left amazon at chance (0.225 on 5 classes), and a warm start from
 # an adapter that learned nothing measures nothing. bf16 autocast: fp32's accuracy (63.7 vs 63.3 in
 # the training benchmark) at 1.6x its speed on this CPU (avx512_bf16). Quick: 64 tokens, as there.
-WARM_CONFIG = {"precision": "bf16", "max_epochs": 1, "learning_rate": 5e-3, "batch_size": 16}
+WARM_CONFIG = {"precision": "auto", "max_epochs": 1, "learning_rate": 5e-3, "batch_size": 16}
 WARM_QUICK = {"max_length": 64}
 
 
