@@ -8,8 +8,8 @@ import torch
 
 from continual.config import TrainConfig
 from lm_tiny import digit_task, save_tiny_lm, write_jsonl
-from tasks.errors import ContinualError
 from tasks.loaders import Example, build_spec
+from tiny import one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,14 +33,6 @@ def fast_config(**changes) -> TrainConfig:
 
 def digit_examples(op: str, n: int, seed: int) -> list[Example]:
     return [Example(r["prompt"], r["completion"]) for r in digit_task(random.Random(seed), n, op)]
-
-
-def one_line(fn, *args, **kwargs) -> str:
-    with pytest.raises(ContinualError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_a_tiny_gpt2_learns_a_deterministic_task(gpt2_dir):

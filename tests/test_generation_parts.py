@@ -7,16 +7,9 @@ import torch
 from lm_tiny import save_tiny_lm, write_jsonl
 from tasks.errors import ContinualError
 from tasks.loaders import Example, build_spec, load_split
+from tiny import one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def one_line(fn, *args, **kwargs) -> str:
-    with pytest.raises(ContinualError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

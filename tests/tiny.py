@@ -1,4 +1,4 @@
-"""Tiny random models for unit tests (imported by test modules; pytest puts tests/ on sys.path)."""
+"""Tiny random models and small helpers for unit tests (imported by test modules; pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
 import torch
@@ -47,3 +47,16 @@ def perturb(model: AdapterModel, slot: str, seed: int) -> None:
     with torch.no_grad():
         for p in model.trainable_parameters(slot):
             p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def one_line(fn, *args, **kwargs) -> str:
+    """The message of the ContinualError `fn(*args, **kwargs)` raises, asserted to be one line."""
+    import pytest
+
+    from tasks.errors import ContinualError
+
+    with pytest.raises(ContinualError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
