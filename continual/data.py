@@ -100,12 +100,17 @@ class PadCollator:
         return batch
 
 
-def make_loader(dataset: EncodedDataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Training (`shuffle`): length-bucketed random batches; otherwise batches in dataset order."""
+def make_loader(dataset: EncodedDataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
+                bucketed: bool = True) -> DataLoader:
+    """Training (`shuffle`): length-bucketed random batches (plain seeded shuffling with `bucketed=False`,
+    which Lightning can shard across DDP processes); otherwise batches in dataset order."""
     collate = PadCollator(tokenizer)
-    if shuffle:
+    if shuffle and bucketed:
         return DataLoader(dataset, batch_sampler=LengthBucketSampler(dataset.lengths(), batch_size, seed),
                           collate_fn=collate)
+    if shuffle:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(seed))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 

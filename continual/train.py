@@ -161,7 +161,10 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     augment = parse_augment(config.augment)
     train_set = (AugmentedDataset(train, base.tokenizer, labels, config.max_length, augment, config.seed)
                  if augment is not None else EncodedDataset(train, base.tokenizer, labels, config.max_length))
-    train_loader = make_loader(train_set, base.tokenizer, config.batch_size, shuffle=True, seed=config.seed)
+    # Under DDP Lightning shards the batches with its DistributedSampler, which a custom batch sampler
+    # (the length buckets) cannot take: plain seeded shuffling there.
+    train_loader = make_loader(train_set, base.tokenizer, config.batch_size, shuffle=True, seed=config.seed,
+                               bucketed=config.strategy != "ddp")
     dev_loader = (make_loader(EncodedDataset(dev, base.tokenizer, labels, config.max_length), base.tokenizer,
                               config.eval_batch_size, shuffle=False) if dev else None)
     module = AdapterClassifier(model, slot, config, total_steps(config, len(train_loader)), extra_loss=extra_loss)
