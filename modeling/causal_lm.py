@@ -15,7 +15,6 @@ serializable"), so the conversion builds a plain model from the config (without 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -106,18 +105,12 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def smollm2_path(gguf: Path | None = None) -> str:
     """The converted safetensors folder of SmolLM2-135M-Instruct (converting on first use)."""
     gguf = gguf or smollm2_gguf()
-    folder = cache_root() / f"{SMOLLM2}-{file_sha256(gguf)[:16]}"
+    from modeling.manifest import sha256_file  # lazily: manifest pulls in the kinds and torch
+
+    folder = cache_root() / f"{SMOLLM2}-{sha256_file(gguf)[:16]}"
     if not (folder / "config.json").is_file():
         convert_gguf(gguf, folder)
     return str(folder)

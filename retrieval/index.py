@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling.manifest import sha256_file
 from tasks.errors import ContinualWarning
 
 __all__ = [
@@ -127,14 +128,6 @@ def content_checksum(names: Sequence[str], vectors: np.ndarray) -> str:
     h.update(json.dumps(list(names)).encode())
     h.update(str(x.shape).encode())
     h.update(x.tobytes())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -293,7 +286,7 @@ class VectorIndex:
             "dim": self.dim,
             "count": len(self),
             "checksum": self.checksum,
-            "file_sha256": _file_sha256(path),
+            "file_sha256": sha256_file(path),
             "config": asdict(self.config),
             "ids": {str(i): name for i, name in enumerate(self.names)},
         }
@@ -326,7 +319,7 @@ class VectorIndex:
             config = IndexConfig(**meta.get("config", {}))
         except (ValueError, KeyError, TypeError) as e:
             raise IndexStale(path, f"its sidecar is corrupt ({type(e).__name__}: {e})") from None
-        if meta.get("file_sha256") != _file_sha256(path):
+        if meta.get("file_sha256") != sha256_file(path):
             raise IndexStale(path, "the index file is corrupt (its sha256 differs from the sidecar's)")
         try:
             index = _faiss().read_index(str(path))

@@ -19,14 +19,15 @@ DATA = Path(os.environ.get("CL_BENCHMARK_DIR") or Path(__file__).resolve().paren
 
 
 def test_conversion_is_cached_by_sha256_and_answers_through_the_chat_template(tmp_path, monkeypatch):
-    from modeling.causal_lm import SMOLLM2, file_sha256, smollm2_gguf, smollm2_path
+    from modeling.causal_lm import SMOLLM2, smollm2_gguf, smollm2_path
+    from modeling.manifest import sha256_file
     from modeling.generation import CausalAdapterModel, generate
     from modeling.kinds import get_kind
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("CONTINUAL_CACHE", str(tmp_path / "cache"))
     folder = Path(smollm2_path())
-    assert folder.name == f"{SMOLLM2}-{file_sha256(smollm2_gguf())[:16]}"
+    assert folder.name == f"{SMOLLM2}-{sha256_file(smollm2_gguf())[:16]}"
     assert (folder / "model.safetensors").is_file() and smollm2_path() == str(folder)  # second call: no conversion
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert type(model).__name__ == "LlamaForCausalLM" and 134e6 < model.num_parameters() < 136e6
