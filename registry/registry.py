@@ -436,7 +436,7 @@ class AdapterRegistry:
 
     # -- loading -------------------------------------------------------------------------------------------
     def local_adapter_dir(self, version: AdapterVersion) -> Path:
-        return Path(self.store.download(version.source, tempfile.mkdtemp(prefix="continual-adapter-")))
+        return Path(self.store.download(version.source))
 
     def verified_adapter_dir(self, version: AdapterVersion) -> tuple[Path, AdapterManifest]:
         """The version's folder and config, after every file passed its recorded sha256 and the config

@@ -60,6 +60,22 @@ def with_retry(fn: Callable[[], R], what: str) -> R:
     raise AssertionError("unreachable")
 
 
+_DOWNLOADS: list[str] = []  # this process's download folders (servers only), removed at exit
+
+
+def _download_dir() -> str:
+    """A fresh temporary folder for one download from a tracking server, removed when the process exits
+    (the adapter's weights are read into memory when it loads; nothing reads the folder later)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _DOWNLOADS:
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _DOWNLOADS])
+    _DOWNLOADS.append(tempfile.mkdtemp(prefix="continual-adapter-"))
+    return _DOWNLOADS[-1]
+
+
 def filter_literal(value: str) -> str:
     """`value` quoted for an MLflow filter string (names may hold quotes: share-group names do)."""
     if "'" not in value:
@@ -274,15 +290,17 @@ class MlflowStore:
         return list(self.client.search_runs([self.experiment_id], filter_string, max_results=max_results))
 
     def download(self, artifact_uri: str, dst: str | Path | None = None) -> str:
-        """Local path of an artifact folder (local stores are read in place; servers download)."""
+        """Local path of an artifact folder (local stores are read in place; servers download, by default
+        into a temporary folder removed when the process exits)."""
         if artifact_uri.startswith("file://"):
             from urllib.parse import unquote, urlparse
 
             return unquote(urlparse(artifact_uri).path)
         from mlflow.artifacts import download_artifacts
 
-        return download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst) if dst else None,
-                                  tracking_uri=self.tracking_uri)
+        if dst is None:
+            dst = _download_dir()
+        return download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=self.tracking_uri)
 
     # -- versions and aliases ------------------------------------------------------------------
     def create_version(self, task: str, source: str, run_id: str, tags: dict[str, str], description: str = ""):

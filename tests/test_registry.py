@@ -127,3 +127,16 @@ def test_task_without_versions(store_path, demo_specs):
     reg.register_task(demo_specs[2])
     with pytest.raises(RegistryError, match="has no adapter version yet; train one"):
         reg.load(demo_specs[2].name)
+
+
+def test_loading_from_a_local_store_leaves_no_temporary_folders(trained, tmp_path, monkeypatch):
+    """Every load used to create an empty temporary folder that was never removed (thousands per test run)."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    reg, topic, sentiment = trained
+    for ref in (topic, f"{topic}:1", sentiment):
+        reg.load(ref).predict(["a text"])
+    assert list(scratch.iterdir()) == []
