@@ -77,8 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "a shared CPU a second thread stalls (10 steps: 41 s with 2 threads, 5.5 s with 1)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache encoded vectors here (npz) between runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", choices=["warm_start"], default=None,
-                   help="run only this part and replace its key in --out, keeping the rest of an existing result")
+    p.add_argument("--only", choices=["warm_start", "routing"], default=None,
+                   help="warm_start: run only part 4 and replace its key in --out, keeping the rest of an existing "
+                        "result; routing: only part 1 (routing accuracy and its alternatives)")
+    p.add_argument("--split", choices=["test", "dev"], default="test",
+                   help="the inputs routed in part 1: dev (to choose the router) or test (scored once, after choosing)")
     a = p.parse_args(argv)
     a.samples_per_task = a.samples_per_task or (200 if a.quick else 512)
     if a.test_per_task is None:
@@ -563,19 +566,22 @@ def main(argv=None) -> dict:
     tasks = load_tasks(args.data_dir)
     from transformers import AutoConfig
 
-    layer = default_routing_layer(AutoConfig.from_pretrained(model_path).num_hidden_layers)
-    encoder = Encoder(model_path, (layer, -1), args.max_length, args.cache_dir)
-    layer_pos = {"routing": 0, "last": 1}
+    n_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
+    layer = default_routing_layer(n_layers)
+    # `--only routing` (choosing the router on dev) encodes every layer, for the layer sweep
+    layers = tuple(range(n_layers + 1)) if args.only == "routing" else (layer, -1)
+    encoder = Encoder(model_path, layers, args.max_length, args.cache_dir)
+    layer_pos = {"routing": layers.index(layer), "last": len(layers) - 1}
 
     print(f"encoding {len(tasks)} tasks ...", flush=True)
     train_vecs, test_vecs, labels = {}, {}, {}
     for t in tasks:
         train = [r["text"] for r in read_jsonl(args.data_dir / t / "train.jsonl")]
-        test = [r["text"] for r in read_jsonl(args.data_dir / t / "test.jsonl")]
+        test = [r["text"] for r in read_jsonl(args.data_dir / t / f"{args.split}.jsonl")]
         if args.test_per_task:
             test = sample_texts(test, args.test_per_task, seed=args.seed)
         train_vecs[t] = encoder(sample_texts(train, args.samples_per_task, seed=args.seed), f"{t}_train_s{args.seed}")
-        test_vecs[t] = encoder(test, f"{t}_test_s{args.seed}")
+        test_vecs[t] = encoder(test, f"{t}_{args.split}_s{args.seed}")
         label_file = args.data_dir / t / "labels.json"
         names = json.loads(label_file.read_text()) if label_file.exists() else []
         labels[t] = label_embedding(lambda x: encoder(x, f"{t}_labels")[:, 1], names) if names else None
@@ -585,6 +591,21 @@ def main(argv=None) -> dict:
     routing = routing_benchmark(tasks, train_vecs, test_vecs, labels, layer_pos, layer)
     ra = routing["chosen"]
     print(f"  chosen: strict {ra['strict']:.3f} merged {ra['merged']:.3f}", flush=True)
+    if args.only == "routing":
+        sweep = {}
+        for pos, li in enumerate(layers):  # the chosen rule (whitened nearest centroid) at every layer
+            sc = score_predictions(tasks, whitened_rule([train_vecs[t][:, pos] for t in tasks],
+                                                        [test_vecs[t][:, pos] for t in tasks], li))
+            sweep[str(li)] = {"strict": sc["strict"], "merged": sc["merged"]}
+            print(f"  layer {li}: strict {sc['strict']:.3f} merged {sc['merged']:.3f}", flush=True)
+        res = {"routing_accuracy": {k: ra[k] for k in ("strict", "merged", "per_task")},
+               "routing_alternatives": routing["alternatives"], "layer_sweep_whitened": sweep,
+               "settings": {"split": args.split, "routing_layer": layer, "samples_per_task": args.samples_per_task,
+                            "test_per_task": args.test_per_task or "all", "seed": args.seed}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.out}", flush=True)
+        return res
     print("related tasks (leave-one-out) ...", flush=True)
     related = related_benchmark(tasks, train_vecs, labels, layer_pos["routing"], layer)
     for t, row in related["table"].items():
@@ -611,6 +632,7 @@ def main(argv=None) -> dict:
             "bf16": True,
             "samples_per_task": args.samples_per_task,
             "test_per_task": args.test_per_task or "all",
+            "split": args.split,
             "sizes": args.sizes,
             "queries": args.queries,
             "threads": args.threads,
