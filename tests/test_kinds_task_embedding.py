@@ -63,7 +63,28 @@ def test_shared_bottleneck_is_shared_and_embedding_is_per_task():
     p2 = {id(p) for p in k.trainable_parameters(model, "t2")}
     assert {id(p) for p in store.shared["default"].parameters()} <= p1 & p2
     assert store.embeddings["t1"] is not store.embeddings["t2"]
-    assert not torch.equal(store.embeddings["t1"], store.embeddings["t2"])
+
+
+def test_a_later_task_embedding_moves_every_site_in_d_e_directions():
+    """With the shared part frozen after the group's first task, a later task trains only e_i: the sites'
+    outputs must then depend on e_i through a full-rank W_e (a zero-initialised W_e ends up rank one after
+    the first task, and later tasks could only scale one direction per site)."""
+    model = tiny_model()
+    d_e = 4
+    model.add_slot("t1", "task-embedding", TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=d_e), LABELS)
+    store = model.adapter_modules["task-embedding"]
+    assert torch.equal(store.embeddings["t1"].detach(), torch.zeros(d_e))  # identity at the start
+    ids, mask = batch()
+    k = get_kind("task-embedding")
+    params = k.trainable_parameters(model, "t1")
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    for _ in range(3):  # the first task trains the shared part with its own e_1
+        optimizer.zero_grad()
+        model.embed("t1", ids, mask).pow(2).sum().backward()
+        optimizer.step()
+    for site in store.shared["default"].values():
+        w_e = site.f_out.weight[:, 8:].detach()
+        assert torch.linalg.matrix_rank(w_e) == d_e
 
 
 def test_task_embedding_conditions_the_output_and_can_be_copied():

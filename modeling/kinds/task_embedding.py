@@ -10,9 +10,13 @@ related task (`init_task_embedding_from`), d_e numbers per task.  Because f_out 
 f_out([z; e_i]) = W_z z + W_e^{site} e_i + b: the task embedding acts as a learned per-task,
 per-site shift of the shared adapter's output, the sites differing through their shared W_e.
 
-f_out is zero-initialised, so a fresh group's adapter is the identity.  e_i is random, never zero:
-with f_out's W_e zero, e_i's gradient is W_e^T g = 0 and W_e's gradient is g e_i^T, so zero e_i and
-zero W_e would both stay zero for ever.
+Initialisation.  f_out's W_z (the part reading σ(f_in(h))) and bias start at zero and e_i starts at
+zero, so a fresh slot leaves the encoder exactly as it was; W_e (the part reading e_i) starts random
+(N(0, 1/d_e)), so e_i's gradient W_e^T g is non-zero from the first step.  The random W_e matters beyond
+the first task: had W_e started at zero, every gradient it received during the group's first task would
+be g e_1^T, leaving W_e (nearly) rank one, and a later task, which trains only its own e_i against the
+frozen shared part, could then only scale one fixed direction per site.  With a random W_e each later
+e_i moves in a d_e-dimensional space of per-site shifts.
 """
 from __future__ import annotations
 
@@ -63,8 +67,10 @@ class ConditionedBottleneck(nn.Module):
         self.f_in = nn.Linear(hidden, bottleneck)
         self.act = ACTIVATIONS[activation]()
         self.f_out = nn.Linear(bottleneck + embedding_dim, hidden)
-        nn.init.zeros_(self.f_out.weight)
-        nn.init.zeros_(self.f_out.bias)
+        with torch.no_grad():  # W_z = 0, b = 0, W_e ~ N(0, 1/d_e): see the module docstring
+            self.f_out.weight.zero_()
+            self.f_out.weight[:, bottleneck:].normal_(0.0, embedding_dim ** -0.5)
+            self.f_out.bias.zero_()
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """h (B, T, H), e (d_e,) -> f_out([σ(f_in(h)); e]) (B, T, H)."""
@@ -118,9 +124,9 @@ class TaskEmbeddingKind(SharedPartKind):
     def attach_own(self, model: "AdapterModel", slot: str, config: SharedPartSettings) -> None:
         assert isinstance(config, TaskEmbeddingConfig)
         weight = find_target_modules(model.encoder, config.target_modules)[0][1].weight
-        e = torch.randn(config.task_embedding_dim, device=weight.device, dtype=weight.dtype)
-        # ‖e‖ ≈ 1; never zero (see the module docstring)
-        self.layers(model).embeddings[slot] = nn.Parameter(e / config.task_embedding_dim**0.5)
+        # zero: a fresh slot is the identity (W_e is random, so e_i still learns; module docstring)
+        e = torch.zeros(config.task_embedding_dim, device=weight.device, dtype=weight.dtype)
+        self.layers(model).embeddings[slot] = nn.Parameter(e)
 
     def drop_own(self, layers: SharedPartLayers, slot: str) -> None:
         assert isinstance(layers, TaskEmbeddingLayers)
