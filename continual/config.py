@@ -18,6 +18,7 @@ class ConfigError(ContinualError):
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+HEAD_INITS = ("fresh", "probe")
 STRATEGIES = ("auto", "ddp")
 
 
@@ -44,6 +45,8 @@ class TrainConfig:
     max_length: int = 128  # tokens per input (longer inputs are truncated)
     eval_batch_size: int = 64  # batch size for dev/test evaluation
     train_limit: int = 0  # use at most this many training examples (0: all), the same ones each run
+    # fresh: a random head; probe: LP-FT, the head starts as a linear probe on the slot's frozen features
+    head_init: str = "fresh"
     # shared kinds (shared-b-lora, shared-a-lora, task-embedding): the share group's version to start from
     # (0: the group's current one; the group's first training creates version 1)
     shared_version: int = 0
@@ -87,6 +90,7 @@ class TrainConfig:
             (self.max_length >= 8, "max_length", "an integer >= 8"),
             (self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1"),
             (self.train_limit >= 0, "train_limit", "an integer >= 0 (0: all)"),
+            (self.head_init in HEAD_INITS, "head_init", f"one of {', '.join(HEAD_INITS)}"),
             (self.shared_version >= 0, "shared_version", "an integer >= 0 (0: the share group's current version)"),
             (self.loss_spike_factor == 0 or self.loss_spike_factor > 1, "loss_spike_factor", "0 (off) or a number > 1"),
             (self.overfit_evals >= 0, "overfit_evals", "an integer >= 0 (0: off)"),

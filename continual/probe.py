@@ -92,3 +92,24 @@ def probe_accuracy(model: AdapterModel, slot: str, tokenizer, train: Sequence[Ex
     head = fit_probe(train_x, train_y, len(model.slots[slot].labels), settings)
     with torch.no_grad():
         return float((head(test_x).argmax(-1) == test_y).float().mean())
+
+
+def init_head_by_probe(model: AdapterModel, slot: str, tokenizer, train: Sequence[Example], max_length: int = 128,
+                       precision: str = "auto", seed: int = 0, max_examples: int = 1024) -> None:
+    """LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features"): start `slot`'s head from a
+    linear probe fitted on the slot's frozen features of (up to `max_examples` of) the training examples,
+    instead of from random weights.  The fine-tuning that follows then starts from a head that already
+    fits, so the first steps' large gradients do not push the adapter (or shared layers) off course."""
+    settings = ProbeSettings(train_examples=max_examples, seed=seed)
+    sample = list(train)
+    if len(sample) > max_examples:
+        import random
+
+        keep = sorted(random.Random(seed).sample(range(len(sample)), max_examples))
+        sample = [sample[i] for i in keep]
+    x, y = pooled_features(model, slot, tokenizer, sample, max_length, precision=precision)
+    fitted = fit_probe(x, y, len(model.slots[slot].labels), settings)
+    head = model.heads[slot]
+    with torch.no_grad():
+        head.weight.copy_(fitted.weight.to(head.weight.dtype))
+        head.bias.copy_(fitted.bias.to(head.bias.dtype))

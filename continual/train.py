@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from continual.augment import AugmentedDataset, parse_augment
-from continual.config import TrainConfig
+from continual.config import ConfigError, TrainConfig
 from continual.data import EncodedDataset, make_loader, subsample
 from continual.evaluate import accuracy
 from continual.module import AdapterClassifier
@@ -151,9 +151,16 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     if getattr(model, "is_causal_lm", False):  # a decoder: completion tokens (continual.lm_training)
         from continual.lm_training import fit_lm_slot
 
+        if config.head_init != "fresh":
+            raise ConfigError(f"head_init={config.head_init} needs a classification head; a causal LM answers in "
+                              f"text and has none: drop --set head_init")
         return fit_lm_slot(model, slot, config, train, dev, logger=logger, show_progress=show_progress,
                            extra_loss=extra_loss, callbacks=callbacks)
     labels = model.slots[slot].labels
+    if config.head_init == "probe":
+        from continual.probe import init_head_by_probe
+
+        init_head_by_probe(model, slot, base.tokenizer, train, config.max_length, config.resolved_precision, config.seed)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.trainable_parameters(slot):
