@@ -1,13 +1,22 @@
 """Continual-learning benchmark: every method side by side on the standard sequence, one machine, one run.
 
     .venv/bin/python bench/cl_benchmark.py --data-dir ../shared/data/cl_benchmark --out bench/results/cl_order1.json
-        [--order 1|2|3] [--quick] [--methods lora,seq-lora,...] [--threads N]
+        [--order 1|2|3] [--quick] [--methods lora,seq-lora,...] [--threads N] [--seeds N [--first-seed K]]
+        [--split test|dev]
+    .venv/bin/python bench/cl_benchmark.py --merge part1.json part2.json --out all.json   # seeds run apart
+
+Protocol (docs/design.md, "Measuring honestly"): every setting in ROWS and COMMON was chosen with
+`--split dev`, which scores held-out dev examples (disjoint from the early-stopping ones) in every cell of
+R; the test split is scored once per reported run.  `--seeds N` repeats every row with seeds
+K..K+N-1 (the seed draws the training subsample and initialises and shuffles the training); the dev
+and test examples scored are the same for every seed.  The JSON holds each seed's figures and, per
+metric and per cell of R, the mean and the standard error over seeds (sample stdev / sqrt(n)).
 
 Sequence (order 1): dbpedia, amazon, yelp, agnews (../shared/data/cl_benchmark/README.md), on the
 default base model all-MiniLM-L6-v2, in a temporary store.  Every method runs the same tasks, the same
 subsampled splits and the same settings (below); per-method differences are listed in ROWS.  Writes
-JSON {"order", "methods": {ROW: {"acc", "bwt", "fwt", "forgetting", "R", "b", "seconds", ...}},
-"settings"} and a Markdown table next to it (same name, .md).
+JSON {"order", "methods": {ROW: {"seeds": {K: {"acc", "bwt", "fwt", "forgetting", "R", "b", ...}},
+"mean": {...}, "se": {...}, "R_mean", "R_se", ...}}, "settings"} and a Markdown table next to it (.md).
 
 Budget: the default settings take about an hour on 2 CPU cores, `--quick` a few minutes; training and
 evaluation are subsampled for that (the table says how much), so the figures compare methods with
@@ -55,34 +64,44 @@ class Row:
     config: dict = field(default_factory=dict)
     needs_kind: str | None = None  # skipped (with a note) when modeling.kinds lacks it
     note: str = ""
+    spec: dict = field(default_factory=dict)  # SequenceSpec options (init_from, linear_probe)
 
 
+# Most telling rows first: a run cut short keeps them (each seed runs the rows in this order).
 ROWS = [
     Row("lora", "lora", note="isolated per-task LoRA"),
-    Row("seq-lora", "seq-lora", note="one LoRA through every task"),
-    # Full fine-tuning at an adapter's learning rate wrecks the encoder.  One LR serves encoder and head, and
-    # at the usual 5e-5 the new head barely learns in 32 steps (dbpedia 29%); 2e-4 learns it (86%).
-    Row("seq-ft", "seq-ft", {"learning_rate": 2e-4}, note="full fine-tuning, lr 2e-4"),
-    Row("replay", "replay", {"replay_per_task": 50}, note="seq-lora + 50 examples/task replayed"),
-    Row("ewc", "ewc", {"ewc_lambda": 1e4, "fisher_samples": 200}, note="seq-lora + EWC, λ=1e4"),
     Row("mtl", "mtl", note="joint training on all tasks (upper bound)"),
     Row("o-lora", "o-lora", {"olora_lambda": 0.5}, note="O-LoRA: earlier LoRAs frozen and summed, new A orthogonal, λ1=0.5"),
-    Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
-        "one B trained with every task, A per task"),
-    Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
-        "B trained with task 1 only, then frozen"),
-    Row("shared-a-lora", "shared-a-lora", {}, "shared-a-lora", "one A trained with every task, B per task"),
     # At the adapters' 5e-3 this kind collapsed from the second task on (every task below chance); 1e-3 trains.
     Row("task-embedding", "task-embedding", {"learning_rate": 1e-3}, "task-embedding",
         "shared f_in/f_out trained with every task, e_i per task; lr 1e-3"),
+    Row("shared-a-lora", "shared-a-lora", {}, "shared-a-lora", "one A trained with every task, B per task"),
+    Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
+        "B trained with task 1 only, then frozen"),
+    Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
+        "one B trained with every task, A per task"),
+    Row("lora(warm start)", "lora", note="each task starts from its nearest trained task's LoRA (init_from: related); "
+        "the head too where the label sets are equal", spec={"init_from": "related", "linear_probe": True}),
+    Row("lora(routed)", "lora", note="per-task LoRA, every test input routed to a task by the FAISS router "
+        "(no task name); oracle = the lora row", spec={"task_agnostic": True}),
+    Row("seq-lora", "seq-lora", note="one LoRA through every task", spec={"linear_probe": True}),
+    Row("ewc", "ewc", {"ewc_lambda": 1e4, "fisher_samples": 200}, note="seq-lora + EWC, λ=1e4"),
+    Row("replay", "replay", {"replay_per_task": 50}, note="seq-lora + 50 examples/task replayed"),
+    # Full fine-tuning at an adapter's learning rate wrecks the encoder.  One LR serves encoder and head, and
+    # at the usual 5e-5 the new head barely learns in 32 steps (dbpedia 29%); 2e-4 learns it (86%).
+    Row("seq-ft", "seq-ft", {"learning_rate": 2e-4}, note="full fine-tuning, lr 2e-4"),
     # One epoch: the schedule counts steps. Top layer at lr·0.05 = 1e-4, the next at 5e-6; at most 2 layers.
     Row("lora(progressive unfreezing)", "lora",
         {"unfreeze_schedule": "every=8,unit=step,group=1,lr_decay=0.05,max_layers=2"}, note="top 2 layers unfrozen"),
 ]
 
 
-def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Path, seed: int = 0) -> list:
-    """Subsampled copies of each task's splits (the same examples for every method), as TaskSpecs."""
+def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Path, split: str = "test",
+                train_seed: int = 0) -> list:
+    """Subsampled copies of each task's splits, as TaskSpecs.  The training examples depend on `train_seed`;
+    the early-stopping dev examples and the scored examples never do (every seed scores the same ones).
+    split "test": the scored examples come from test.jsonl; "dev": from dev.jsonl, disjoint from the
+    early-stopping ones (choosing settings never looks at test)."""
     from continual.data import subsample
     from tasks.loaders import build_spec
 
@@ -92,81 +111,200 @@ def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Pa
         if not folder.is_dir():
             raise SystemExit(f"--data-dir {data_dir} has no folder '{task}'; point it at the cl_benchmark data")
         labels = json.loads((folder / "labels.json").read_text())
+
+        def lines(name: str) -> list[str]:
+            return [l for l in (folder / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+
+        dev_lines = lines("dev")
+        early = subsample(dev_lines, sizes["dev"], 0)
+        if split == "dev":
+            taken = set(early)
+            scored = subsample([l for l in dev_lines if l not in taken], sizes["test"], 0)
+        else:
+            scored = subsample(lines("test"), sizes["test"], 0)
+        kept = {"train": subsample(lines("train"), sizes["train"], train_seed), "dev": early, "test": scored}
         paths = {}
-        for split, n in sizes.items():
-            lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-            kept = subsample([l for l in lines if l.strip()], n, seed)
-            paths[split] = out / task / f"{split}.jsonl"
-            paths[split].parent.mkdir(parents=True, exist_ok=True)
-            paths[split].write_text("\n".join(kept) + "\n", encoding="utf-8")
+        for name, rows in kept.items():
+            paths[name] = out / task / f"{name}.jsonl"
+            paths[name].parent.mkdir(parents=True, exist_ok=True)
+            paths[name].write_text("\n".join(rows) + "\n", encoding="utf-8")
         specs.append(build_spec(task, str(paths["train"]), str(paths["dev"]), str(paths["test"]), labels=labels,
                                 description=f"cl_benchmark {task} (subsampled)"))
     return specs
 
 
-def run_row(reg, row: Row, tasks: list[str], config: dict, order: int) -> dict:
+def per_task_bytes(row: Row, config: dict) -> int | None:
+    """Bytes of one task's own adapter state (fp32, the head excluded: every method has one), for the kinds;
+    None for the sequence baselines (one adapter for every task)."""
+    from continual.config import TrainConfig
+    from modeling.base_model import load_base_model
+    from modeling.kinds import KINDS, get_kind
+
+    if row.method not in KINDS:
+        return None
+    kind = get_kind(row.method)
+    kind_config = kind.make_config({**TrainConfig().flat(), **config, **row.config})
+    return 4 * kind.per_task_parameter_count(kind_config, load_base_model().encoder.config)
+
+
+def run_row(reg, row: Row, tasks: list[str], config: dict, order: int, seed: int) -> dict:
     from continual.sequence import SequenceSpec, run_sequence
 
-    spec = SequenceSpec(name=f"order{order}-{row.name}", tasks=tuple(tasks), method=row.method,
-                        config={**config, **row.config})
+    spec = SequenceSpec(name=f"order{order}-{row.name}-seed{seed}", tasks=tuple(tasks), method=row.method,
+                        config={**config, **row.config, "seed": seed}, **row.spec)
     start = time.perf_counter()
     result = run_sequence(reg, spec)
     seconds = time.perf_counter() - start
     out = {**result.metrics, "R": result.R, "b": result.matrix.b, "seconds": round(seconds, 1),
-           "train_seconds": round(result.train_seconds, 1), "method": row.method, "config": row.config,
-           "note": row.note, "registration": result.registration}
+           "train_seconds": round(result.train_seconds, 1), "registration": result.registration,
+           "init_from": result.matrix.init_from}
+    if row.spec.get("linear_probe"):
+        out.update(probe_before=result.matrix.probe_before, probe_after=result.matrix.probe_after)
     result.model = None  # free the sequence's model before the next row
     return out
+
+
+METRICS = ("acc", "bwt", "fwt", "forgetting", "probe_fwt", "seconds")
+
+
+def mean_se(values: list) -> tuple[float | None, float | None]:
+    """Mean and standard error (sample stdev / sqrt(n)) of the non-missing values; SE None below 2 values."""
+    xs = [float(v) for v in values if v is not None and v == v]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return mean, (var / len(xs)) ** 0.5
+
+
+def aggregate(entry: dict) -> dict:
+    """Fill `mean`, `se`, `R_mean`, `R_se` of one row from its per-seed results (failed seeds left out)."""
+    runs = [r for r in entry["seeds"].values() if "acc" in r]
+    entry["n_seeds"] = len(runs)
+    entry["mean"], entry["se"] = {}, {}
+    for metric in METRICS:
+        entry["mean"][metric], entry["se"][metric] = mean_se([r.get(metric) for r in runs])
+    if runs:
+        T = len(runs[0]["R"])
+        cells = [[mean_se([r["R"][i][j] for r in runs]) for j in range(T)] for i in range(T)]
+        entry["R_mean"] = [[c[0] for c in row] for row in cells]
+        entry["R_se"] = [[c[1] for c in row] for row in cells]
+    return entry
 
 
 def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def pm(entry: dict, metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    mean, se = entry["mean"].get(metric), entry["se"].get(metric)
+    if mean is None:
+        return "—"
+    return f"{scale * mean:.{digits}f}" + ("" if se is None else f" ± {scale * se:.{digits}f}")
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
+    seeds = sorted({int(k) for e in report["methods"].values() for k in e.get("seeds", {})})
     lines = [
         f"# Continual-learning benchmark, order {report['order']}: {' → '.join(s['tasks'])}",
         "",
-        f"Base model {s['base_model']}; per task {s['sizes']['train']} training examples (subsampled, "
-        f"seed 0), {s['sizes']['dev']} dev, {s['sizes']['test']} test examples evaluated in every cell of R; "
-        f"{s['config']['max_epochs']} epoch, batch {s['config']['batch_size']}, lr {s['config']['learning_rate']:g}, "
-        f"max_length {s['config']['max_length']}, precision {s['config']['precision']}; {s['threads']} torch "
-        f"thread(s) on {s['cpu_count']} CPU cores{' (--quick)' if s['quick'] else ''}. All rows in one run on one "
-        f"machine. Accuracies in %, BWT/FWT/forgetting in points (docs/design.md definitions).",
+        f"Base model {s['base_model']}; per task {s['sizes']['train']} training examples (subsampled per seed), "
+        f"{s['sizes']['dev']} dev examples for early stopping, {s['sizes']['test']} **{s['split']}** examples "
+        f"scored in every cell of R (the same for every seed); {s['config']['max_epochs']} epoch, batch "
+        f"{s['config']['batch_size']}, lr {s['config']['learning_rate']:g}, max_length {s['config']['max_length']}, "
+        f"precision {s['config']['precision']} ({s.get('precision_chosen', '?')}); {s['threads']} torch thread(s) on "
+        f"{s['cpu_count']} CPU cores ({s.get('cpu_flags', '?')}){' (--quick)' if s['quick'] else ''}. "
+        f"Seeds {', '.join(map(str, seeds)) or '—'}: mean ± standard error over seeds. Accuracies in %, "
+        f"BWT/FWT/forgetting in points (docs/design.md definitions); per-task bytes: the task's own adapter "
+        f"state in fp32, heads excluded.",
         "",
-        "| method | ACC | BWT | FWT | forgetting | seconds | notes |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| method | ACC | BWT | FWT | probe FWT | forgetting | per-task bytes | seconds | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    base_seconds = report["methods"].get("lora", {}).get("seconds")
-    for name, r in report["methods"].items():
-        if "error" in r or "skipped" in r:
-            lines.append(f"| {name} | — | — | — | — | — | {r.get('skipped') or 'failed: ' + r['error']} |")
+    for name, e in report["methods"].items():
+        if "skipped" in e or not e.get("n_seeds"):
+            errors = {r.get("error") for r in e.get("seeds", {}).values()} - {None}
+            lines.append(f"| {name} | — | — | — | — | — | — | — | {e.get('skipped') or 'failed: ' + '; '.join(errors)} |")
             continue
-        ratio = f" ({r['seconds'] / base_seconds:.1f}× lora)" if base_seconds and name != "lora" else ""
-        lines.append(f"| {name} | {pct(r['acc'])} | {pct(r['bwt'])} | {pct(r['fwt'])} | {pct(r['forgetting'])} | "
-                     f"{r['seconds']:.0f}{ratio} | {r['note']} |")
+        nbytes = e.get("per_task_bytes")
+        lines.append(f"| {name} | {pm(e, 'acc')} | {pm(e, 'bwt')} | {pm(e, 'fwt')} | {pm(e, 'probe_fwt')} | "
+                     f"{pm(e, 'forgetting')} | {'—' if nbytes is None else f'{nbytes:,}'} | "
+                     f"{pm(e, 'seconds', 1.0, 0)} | {e['note']} |")
     lines += ["", "mtl trains once on all tasks: only the last row of R exists, so BWT, FWT and forgetting are "
-              "undefined (—).", ""]
+              "undefined (—). Probe FWT: a linear head fitted on the frozen model before and after the earlier "
+              "tasks (continual/probe.py), measured on the rows that say so.", ""]
+    for name, e in report["methods"].items():
+        if e.get("R_mean"):
+            lines.append(f"R of {name} (mean over seeds): " + " / ".join(
+                " ".join(pct(v) for v in row) for row in e["R_mean"]))
+    lines.append("")
     for note in s.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
 
 
+def write_report(report: dict, out: Path) -> None:
+    for entry in report["methods"].values():
+        if "seeds" in entry:
+            aggregate(entry)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(markdown(report))
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One report from runs of the same order, split and settings with different seeds."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    first = reports[0]
+    for p, r in zip(paths[1:], reports[1:]):
+        for key in ("order", "settings"):
+            a, b = (first[key], r[key]) if key == "order" else (
+                {k: v for k, v in first[key].items() if k != "seeds"}, {k: v for k, v in r[key].items() if k != "seeds"})
+            if a != b:
+                raise SystemExit(f"--merge: {p} has another {key} than {paths[0]}; merge runs of one protocol only")
+    merged = {"order": first["order"], "settings": first["settings"], "methods": {}}
+    for r in reports:
+        for name, e in r["methods"].items():
+            target = merged["methods"].setdefault(name, {k: v for k, v in e.items() if k != "seeds"})
+            if "seeds" in e:
+                clash = set(target.setdefault("seeds", {})) & set(e["seeds"])
+                if clash:
+                    raise SystemExit(f"--merge: row {name} has seed(s) {sorted(clash)} twice; merge disjoint seeds")
+                target["seeds"].update(e["seeds"])
+    merged["settings"]["seeds"] = sorted({int(k) for e in merged["methods"].values() for k in e.get("seeds", {})})
+    write_report(merged, out)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="the cl_benchmark folder")
+    parser.add_argument("--data-dir", type=Path, help="the cl_benchmark folder")
     parser.add_argument("--out", type=Path, required=True, help="JSON result file (a .md table is written next to it)")
     parser.add_argument("--order", type=int, choices=sorted(ORDERS), default=1)
     parser.add_argument("--quick", action="store_true", help="tiny subsample: a few minutes in all")
     parser.add_argument("--methods", help=f"comma-separated rows (default: all): {', '.join(r.name for r in ROWS)}")
     parser.add_argument("--tasks", help="comma-separated tasks instead of the order's sequence (for measurements)")
+    parser.add_argument("--split", choices=["test", "dev"], default="test",
+                        help="which examples fill R: test (report) or held-out dev examples (choosing settings)")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat every row with this many seeds (default 1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (to split seeds over processes)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="merge these result files (same protocol, disjoint seeds) into --out and exit")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a CPU shared with other jobs a second thread can stall)")
     parser.add_argument("--precision", choices=["auto", "32", "bf16"], default=COMMON["precision"],
                         help="auto: bf16 only where the CPU/GPU does it natively (modeling/hardware.py)")
-    parser.add_argument("--store", help="MLflow store to keep the runs in (default: a temporary one)")
+    parser.add_argument("--store", help="MLflow store to keep the runs in (default: a temporary one per seed)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
+    if args.data_dir is None:
+        parser.error("--data-dir is required (the cl_benchmark folder)")
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: give at least 1")
 
     quiet()
     import torch
@@ -175,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     from continual.sequence import SequenceSpec  # noqa: F401  (fail early on a broken install)
     from registry import AdapterRegistry
     from modeling.base_model import DEFAULT_BASE_MODEL
+    from modeling.hardware import detect, resolve_precision
     from modeling.kinds import KINDS
 
     rows = ROWS
@@ -187,31 +326,43 @@ def main(argv: list[str] | None = None) -> None:
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else ORDERS[args.order]
     sizes = SIZES["quick" if args.quick else "default"]
     config = {**COMMON, **(QUICK if args.quick else {}), "precision": args.precision}
+    hardware = detect()
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     settings = {"tasks": tasks, "sizes": sizes, "config": config, "base_model": DEFAULT_BASE_MODEL,
-                "threads": args.threads, "cpu_count": os.cpu_count(), "quick": args.quick,
-                "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                "notes": NOTES}
+                "split": args.split, "seeds": seeds, "threads": args.threads, "cpu_count": os.cpu_count(),
+                "quick": args.quick, "machine": platform.processor() or platform.machine(),
+                "cpu_flags": hardware.description, "precision_chosen": resolve_precision(args.precision),
+                "torch": torch.__version__, "notes": NOTES}
     report = {"order": args.order, "methods": {}, "settings": settings}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        entry = report["methods"][row.name] = {"method": row.method, "config": row.config, "spec": row.spec,
+                                                "note": row.note}
+        if row.needs_kind and row.needs_kind not in KINDS:
+            entry["skipped"] = f"adapter kind '{row.needs_kind}' is not available"
+        else:
+            entry["seeds"] = {}
+            entry["per_task_bytes"] = per_task_bytes(row, config)
     with tempfile.TemporaryDirectory(prefix="cl-bench-") as tmp:
-        reg = AdapterRegistry(args.store or Path(tmp) / "store")
-        for spec in write_tasks(args.data_dir, tasks, sizes, Path(tmp) / "data"):
-            reg.register_task(spec)
-        for row in rows:
-            if row.needs_kind and row.needs_kind not in KINDS:
-                report["methods"][row.name] = {"skipped": f"adapter kind '{row.needs_kind}' is not available"}
-                continue
-            print(f"[{time.strftime('%H:%M:%S')}] {row.name} ...", flush=True)
-            try:
-                report["methods"][row.name] = run_row(reg, row, tasks, config, args.order)
-            except Exception as err:  # one failing row must not lose the others
-                traceback.print_exc()
-                report["methods"][row.name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
-            r = report["methods"][row.name]
-            print(f"    {row.name}: " + ("  ".join(f"{k} {pct(r.get(k))}" for k in ("acc", "bwt", "fwt", "forgetting"))
-                                        + f"  {r.get('seconds')}s" if "acc" in r else str(r)), flush=True)
-            args.out.write_text(json.dumps(report, indent=2))  # partial results survive an interruption
-            args.out.with_suffix(".md").write_text(markdown(report))
+        for seed in seeds:
+            store = f"{args.store}-seed{seed}" if args.store else Path(tmp) / f"store-seed{seed}"
+            reg = AdapterRegistry(store)
+            for spec in write_tasks(args.data_dir, tasks, sizes, Path(tmp) / f"data-seed{seed}", args.split, seed):
+                reg.register_task(spec)
+            for row in rows:
+                entry = report["methods"][row.name]
+                if "skipped" in entry:
+                    continue
+                print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {row.name} ...", flush=True)
+                try:
+                    r = entry["seeds"][str(seed)] = run_row(reg, row, tasks, config, args.order, seed)
+                except Exception as err:  # one failing row must not lose the others
+                    traceback.print_exc()
+                    r = entry["seeds"][str(seed)] = {
+                        "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+                print(f"    {row.name}: " + ("  ".join(f"{k} {pct(r.get(k))}" for k in METRICS[:5])
+                                            + f"  {r.get('seconds')}s" if "acc" in r else str(r)), flush=True)
+                write_report(report, args.out)  # partial results survive an interruption
+    write_report(report, args.out)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
