@@ -148,6 +148,7 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
              dev: list[Example], *, logger=None, show_progress: bool = False, extra_loss=None,
              callbacks: list | None = None) -> tuple[int, float | None]:
     """Train `slot` of `model` in place; returns (optimizer steps, best dev accuracy or None)."""
+    apply_num_threads(config.num_threads)  # here, not only in train_task: every caller trains with the set threads
     if getattr(model, "is_causal_lm", False):  # a decoder: completion tokens (continual.lm_training)
         from continual.lm_training import fit_lm_slot
 
