@@ -259,8 +259,8 @@ def arm_profile(args) -> dict:
     from modeling.hardware import training_attention
 
     batches = list(loader)
-    # as fit_slot trains: frozen Linears in bf16, the base's own dropout off, the training attention kernel
-    with frozen_linears_in_bf16(model, precision), base_dropout_off(model), training_attention(precision):
+    # as fit_slot trains: frozen Linears in bf16, the base's own dropout off, eager attention in bf16 on a CPU
+    with frozen_linears_in_bf16(model, precision), base_dropout_off(model), training_attention(model.encoder, precision):
         step(dict(batches[0]))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for batch in batches[1:9]:

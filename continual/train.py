@@ -201,7 +201,7 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     frozen_base = not config.unfreeze_schedule  # unfreezing trains base layers mid-run
     with frozen_linears_in_bf16(model, config.resolved_precision, enabled=frozen_base), \
             base_dropout_off(model, enabled=frozen_base and not config.base_dropout), \
-            training_attention(config.resolved_precision):
+            training_attention(model.encoder, config.resolved_precision):
         trainer.fit(module, train_loader, dev_loader)
     model.eval()
     if config.unfreeze_schedule:

@@ -101,16 +101,25 @@ def apply_num_threads(num_threads: int) -> int:
     return torch.get_num_threads()
 
 
-def training_attention(precision: str, device: str | None = None):
-    """The context for training's attention kernels: on a CPU in bf16, torch's math kernel.
+@contextlib.contextmanager
+def training_attention(encoder, precision: str, device: str | None = None):
+    """While training in bf16 on a CPU, run a transformers encoder's attention as plain matmul-softmax-matmul
+    ("eager") instead of `scaled_dot_product_attention` ("sdpa"); put back on exit.
 
-    torch's CPU flash-attention kernel, which `scaled_dot_product_attention` picks once dropout is
-    off, is fast forward but slow backward in bf16: measured at MiniLM's shapes (batch 16, 12 heads of
-    32, 40-100 tokens, one thread, AMX) forward + backward took 57-184 ms against 14-60 ms for the math
-    kernel.  Inference (forward only) keeps flash, faster there.  Elsewhere (fp32, GPUs): no change.
+    With dropout off, SDPA picks torch's CPU flash-attention kernel, fast forward but slow backward in bf16
+    (MiniLM's shapes: batch 16, 12 heads of 32, 40-100 tokens, one thread, AMX: 57-184 ms forward +
+    backward against 14-60 ms for SDPA's math kernel); the math kernel's masked-row checks (`all`,
+    `isneginf`, `where`) then cost more than eager's plain softmax: a LoRA training step took 1.28x less
+    CPU time eager than math.  Inference (forward only) keeps SDPA, faster there.  Other precisions,
+    GPUs and encoders not on "sdpa": no change.
     """
-    if precision == "bf16" and detect(device).device == "cpu":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([SDPBackend.MATH])
-    return contextlib.nullcontext()
+    config = getattr(encoder, "config", None)
+    switch = (precision == "bf16" and detect(device).device == "cpu"
+              and getattr(config, "_attn_implementation", None) == "sdpa")
+    if switch:
+        config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        if switch:
+            config._attn_implementation = "sdpa"

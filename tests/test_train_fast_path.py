@@ -1,5 +1,5 @@
-"""The training fast path: the frozen base's own dropout off (adapter and head dropout kept), the math
-attention kernel for bf16 on a CPU, and the configured thread count applied by fit_slot itself."""
+"""The training fast path: the frozen base's own dropout off (adapter and head dropout kept), eager
+attention for bf16 on a CPU, and the configured thread count applied by fit_slot itself."""
 from __future__ import annotations
 
 import lightning as L
@@ -52,13 +52,25 @@ def test_without_base_dropout_a_training_forward_is_deterministic():
         torch.testing.assert_close(model("t", ids, mask), model("t", ids, mask), rtol=0, atol=0)
 
 
-def test_training_attention_uses_the_math_kernel_for_bf16_on_a_cpu_only():
-    flash = torch.backends.cuda.flash_sdp_enabled()
-    with training_attention("32", "cpu"):
-        assert torch.backends.cuda.flash_sdp_enabled() == flash
-    with training_attention("bf16", "cpu"):
-        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
-    assert torch.backends.cuda.flash_sdp_enabled() == flash
+def test_training_attention_is_eager_for_bf16_on_a_cpu_only_with_the_same_logits():
+    model = tiny_model(attn="sdpa")
+    model.add_slot("t", "lora", get_kind("lora").make_config({}), ("a", "b"))
+    config = model.encoder.config
+    ids, mask = torch.randint(1, 100, (3, 9)), torch.ones(3, 9, dtype=torch.long)
+    mask[0, 6:] = 0  # padding: the mask must reach eager attention as it reached SDPA
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model("t", ids, mask)
+        with training_attention(model.encoder, "32", "cpu"):
+            assert config._attn_implementation == "sdpa"
+        with training_attention(model.encoder, "bf16", "cpu"):
+            assert config._attn_implementation == "eager"
+            got = model("t", ids, mask)
+    assert config._attn_implementation == "sdpa"
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
+    eager = tiny_model(attn="eager")
+    with training_attention(eager.encoder, "bf16", "cpu"):
+        assert eager.encoder.config._attn_implementation == "eager"
+    assert eager.encoder.config._attn_implementation == "eager"
 
 
 class RecordRates(L.Callback):
