@@ -93,19 +93,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("inference.json"))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for CI and smoke runs)")
     parser.add_argument("--batch", type=int, default=64, help="rows per mixed batch (8 per task by default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads, also in the cold-start processes "
+                        "(0: torch's choice; 1 on a shared CPU)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    rounds = 3 if args.quick else 7
-    best_of = 2 if args.quick else 3
-    load_reps = 24 if args.quick else 80
-    cold_reps = 2 if args.quick else 5
+    # --quick: a smoke run within the bench budget (README, Tests and benchmarks); the full run for figures.
+    rounds = 2 if args.quick else 7
+    best_of = 1 if args.quick else 3
+    load_reps = 8 if args.quick else 80
+    cold_reps = 1 if args.quick else 5
     started = time.perf_counter()
 
     import torch
 
     from modeling import predictor as P
-    from modeling.hardware import detect, resolve_precision
+    from modeling.hardware import apply_num_threads, detect, resolve_precision
+
+    apply_num_threads(args.threads)
     from registry import AdapterRegistry
     from tasks.demo import write_demo_suite
     from tasks.loaders import load_split
@@ -119,8 +124,8 @@ def main() -> None:
     batch_texts = texts[: args.batch]
     items = [(names[i % N_TASKS], t) for i, t in enumerate(batch_texts)]  # every task in every batch
 
-    # Switching per request is slow per row: --quick times it on 16 requests (2 per task), a rate all the same.
-    swap_items = items[: 2 * N_TASKS] if args.quick else items
+    # Switching per request is slow per row: --quick times it on 8 requests (1 per task), a rate all the same.
+    swap_items = items[:N_TASKS] if args.quick else items
     predictors = {name: reg.load(name) for name in names}
     single = predictors[names[0]]
     mixed_items = [(predictors[ref], text) for ref, text in items]
@@ -174,7 +179,7 @@ def main() -> None:
     reg.load(names[0])
     cached_times = timed(lambda: reg.load(names[0]), load_reps)
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     store = str(work / "store")
     cold_code = (f"from registry import AdapterRegistry; "
                  f"print(AdapterRegistry({store!r}).load({names[0]!r}).predict(['Oil prices jump'])[0])")

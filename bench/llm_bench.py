@@ -17,28 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_subset  # noqa: E402
 
 BASE = "smollm2-135m"
 SEQUENCE = ("agnews", "sst2", "dbpedia")
-
-
-def write_subset(data_dir: Path, task: str, out: Path, sizes: dict[str, int]) -> dict[str, str]:
-    paths = {}
-    for split, n in sizes.items():
-        rows = [json.loads(line) for line in (data_dir / task / f"{split}.jsonl").read_text().splitlines() if line]
-        keep = sorted(random.Random(0).sample(range(len(rows)), min(n, len(rows))))
-        path = out / task / f"{split}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(rows[i]) + "\n" for i in keep))
-        paths[split] = str(path)
-    return paths
 
 
 def register(reg, data_dir: Path, tmp: Path, task: str, sizes: dict[str, int]):
@@ -142,15 +131,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--store", default="", help="MLflow store (default: a temporary folder)")
     parser.add_argument("--method", default="lora", help="sequence: lora (per-task LoRA) or seq-lora")
-    parser.add_argument("--train", type=int, default=300)
-    parser.add_argument("--dev", type=int, default=40)
-    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 32 train, 8 dev, 32 test examples, "
+                        "max length 128 (sizes given explicitly win)")
+    parser.add_argument("--train", type=int, default=None, help="training examples per task (default 300)")
+    parser.add_argument("--dev", type=int, default=None, help="dev examples per task (default 40)")
+    parser.add_argument("--test", type=int, default=None, help="test examples per task (default 200)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per example (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared CPU)")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args(argv)
+    for key, full, quick in (("train", 300, 32), ("dev", 40, 8), ("test", 200, 32), ("max_length", 256, 128)):
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.bench == "table":
         print(table(args.files))

@@ -255,18 +255,20 @@ def arm_profile(args) -> dict:
         opt.step()
         opt.zero_grad()
 
-    from continual.train import frozen_linears_in_bf16
+    from continual.train import base_dropout_off, frozen_linears_in_bf16
+    from modeling.hardware import training_attention
 
     batches = list(loader)
-    with frozen_linears_in_bf16(model, precision):  # as fit_slot trains
+    # as fit_slot trains: frozen Linears in bf16, the base's own dropout off, eager attention in bf16 on a CPU
+    with frozen_linears_in_bf16(model, precision), base_dropout_off(model), training_attention(model.encoder, precision):
         step(dict(batches[0]))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for batch in batches[1:9]:
                 step(dict(batch))
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    top = [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total} for e in
-           sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]
+    top = [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls_per_step": e.count / 8}
+           for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]]
     return {"table": table, "top_ops": top, "precision": precision}
 
 
