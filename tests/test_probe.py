@@ -33,3 +33,28 @@ def test_probe_is_deterministic_for_a_seed():
     x, y = blobs(100, 0, shift=2.0)
     a, b = fit_probe(x, y, 3, ProbeSettings(steps=20)), fit_probe(x, y, 3, ProbeSettings(steps=20))
     torch.testing.assert_close(a.weight, b.weight)
+
+
+def test_head_init_probe_starts_the_head_where_a_linear_probe_fits(tiny_base_dir):
+    """LP-FT: with head_init=probe a slot starts with a head that already separates the training data
+    (a random head is near chance); the head's shape and the adapter stay as they were."""
+    from continual.evaluate import accuracy
+    from continual.probe import init_head_by_probe
+    from continual.train import build_model
+    from modeling.base_model import load_base_model
+    from modeling.kinds import LoraKindConfig
+    from tasks.loaders import Example
+
+    base = load_base_model(str(tiny_base_dir))
+    model = build_model(base)
+    labels = ["sports", "cooking"]
+    words = {"sports": "football goal match team striker league", "cooking": "recipe oven butter flour bake sauce"}
+    examples = [Example(f"{words[label].split()[i % 6]} {words[label].split()[(i + 2) % 6]}", label)
+                for i in range(24) for label in labels]
+    model.add_slot("t", "lora", LoraKindConfig(r=2), labels)
+    fresh = accuracy(model, "t", base.tokenizer, examples, max_length=16)
+    adapter_before = {n: p.clone() for n, p in model.named_parameters() if "lora" in n}
+    init_head_by_probe(model, "t", base.tokenizer, examples, max_length=16, precision="32")
+    assert accuracy(model, "t", base.tokenizer, examples, max_length=16) >= max(0.9, fresh + 0.2)
+    assert model.heads["t"].weight.shape == (2, model.hidden_size)
+    assert all(torch.equal(p, adapter_before[n]) for n, p in model.named_parameters() if "lora" in n)
