@@ -18,7 +18,7 @@ class ConfigError(ContinualError):
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-HEAD_INITS = ("fresh", "probe")
+HEAD_INITS = ("auto", "fresh", "probe")
 STRATEGIES = ("auto", "ddp")
 
 
@@ -45,8 +45,9 @@ class TrainConfig:
     max_length: int = 128  # tokens per input (longer inputs are truncated)
     eval_batch_size: int = 64  # batch size for dev/test evaluation
     train_limit: int = 0  # use at most this many training examples (0: all), the same ones each run
-    # fresh: a random head; probe: LP-FT, the head starts as a linear probe on the slot's frozen features
-    head_init: str = "fresh"
+    # fresh: a random head; probe: LP-FT, the head starts as a linear probe on the slot's frozen features;
+    # auto: the adapter kind's choice (probe for task-embedding, fresh for the others; chosen on dev splits)
+    head_init: str = "auto"
     # shared kinds (shared-b-lora, shared-a-lora, task-embedding): the share group's version to start from
     # (0: the group's current one; the group's first training creates version 1)
     shared_version: int = 0

@@ -176,13 +176,14 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     if getattr(model, "is_causal_lm", False):  # a decoder: completion tokens (continual.lm_training)
         from continual.lm_training import fit_lm_slot
 
-        if config.head_init != "fresh":
+        if config.head_init == "probe":
             raise ConfigError(f"head_init={config.head_init} needs a classification head; a causal LM answers in "
                               f"text and has none: drop --set head_init")
         return fit_lm_slot(model, slot, config, train, dev, logger=logger, show_progress=show_progress,
                            extra_loss=extra_loss, callbacks=callbacks)
     labels = model.slots[slot].labels
-    if config.head_init == "probe":
+    head_init = get_kind(model.slots[slot].kind).default_head_init if config.head_init == "auto" else config.head_init
+    if head_init == "probe":
         from continual.probe import init_head_by_probe
 
         init_head_by_probe(model, slot, base.tokenizer, train, config.max_length, config.resolved_precision, config.seed)

@@ -56,12 +56,15 @@ def test_shared_bottleneck_is_shared_and_embedding_is_per_task():
     cfg = dict(bottleneck=8, task_embedding_dim=4)
     model.add_slot("t1", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
     model.add_slot("t2", "task-embedding", TaskEmbeddingConfig(**cfg), LABELS)
+    model.add_slot("t3", "task-embedding", TaskEmbeddingConfig(**cfg, train_shared=True), LABELS)
     store = model.adapter_modules["task-embedding"]
-    assert list(store.shared) == ["default"]  # one f_in / f_out per site for both tasks
+    assert list(store.shared) == ["default"]  # one f_in / f_out per site for all tasks
     k = get_kind("task-embedding")
-    p1 = {id(p) for p in k.trainable_parameters(model, "t1")}
-    p2 = {id(p) for p in k.trainable_parameters(model, "t2")}
-    assert {id(p) for p in store.shared["default"].parameters()} <= p1 & p2
+    shared = {id(p) for p in store.shared["default"].parameters()}
+    p1, p2, p3 = ({id(p) for p in k.trainable_parameters(model, t)} for t in ("t1", "t2", "t3"))
+    assert shared <= p1 & p3  # the group's first task trains the shared part, and so does train_shared=true
+    # by default a later task trains only its own e_i: earlier tasks keep answering as they did
+    assert p2 == {id(store.embeddings["t2"])}
     assert store.embeddings["t1"] is not store.embeddings["t2"]
 
 

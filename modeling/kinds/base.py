@@ -93,6 +93,9 @@ class AdapterKind(ABC):
     # True for kinds whose config extends SharedPartSettings and whose slots share a part per share
     # group (register_kind checks the two agree); the shared-part methods below are then real.
     has_shared_part: ClassVar[bool] = False
+    # How training starts the head when head_init=auto: "fresh" (random) or "probe" (a linear probe on the
+    # slot's frozen features, LP-FT), for kinds whose per-task part is too small to undo a random head.
+    default_head_init: ClassVar[str] = "fresh"
     # True for kinds whose `activate` also switches on the slots in `model.slots[slot].stacked`, summing
     # their adapters with the active one's (peft LoRA can; see AdapterModel.stack).
     stacks: ClassVar[bool] = False
