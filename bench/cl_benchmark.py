@@ -262,7 +262,8 @@ def merge(paths: list[Path], out: Path) -> None:
     for p, r in zip(paths[1:], reports[1:]):
         for key in ("order", "settings"):
             a, b = (first[key], r[key]) if key == "order" else (
-                {k: v for k, v in first[key].items() if k != "seeds"}, {k: v for k, v in r[key].items() if k != "seeds"})
+                {k: v for k, v in first[key].items() if k not in ("seeds", "commit")},
+                {k: v for k, v in r[key].items() if k not in ("seeds", "commit")})
             if a != b:
                 raise SystemExit(f"--merge: {p} has another {key} than {paths[0]}; merge runs of one protocol only")
     merged = {"order": first["order"], "settings": first["settings"], "methods": {}}
@@ -277,6 +278,20 @@ def merge(paths: list[Path], out: Path) -> None:
     merged["settings"]["seeds"] = sorted({int(k) for e in merged["methods"].values() for k in e.get("seeds", {})})
     write_report(merged, out)
     print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when it has uncommitted changes), so a result names its code."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -332,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
                 "split": args.split, "seeds": seeds, "threads": args.threads, "cpu_count": os.cpu_count(),
                 "quick": args.quick, "machine": platform.processor() or platform.machine(),
                 "cpu_flags": hardware.description, "precision_chosen": resolve_precision(args.precision),
-                "torch": torch.__version__, "notes": NOTES}
+                "torch": torch.__version__, "commit": git_commit(), "notes": NOTES}
     report = {"order": args.order, "methods": {}, "settings": settings}
     for row in rows:
         entry = report["methods"][row.name] = {"method": row.method, "config": row.config, "spec": row.spec,
