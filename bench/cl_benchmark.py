@@ -227,7 +227,8 @@ def markdown(report: dict) -> str:
     for name, e in report["methods"].items():
         if "skipped" in e or not e.get("n_seeds"):
             errors = {r.get("error") for r in e.get("seeds", {}).values()} - {None}
-            lines.append(f"| {name} | — | — | — | — | — | — | — | {e.get('skipped') or 'failed: ' + '; '.join(errors)} |")
+            why = e.get("skipped") or ("failed: " + "; ".join(sorted(errors)) if errors else "not run (yet)")
+            lines.append(f"| {name} | — | — | — | — | — | — | — | {why} |")
             continue
         nbytes = e.get("per_task_bytes")
         lines.append(f"| {name} | {pm(e, 'acc')} | {pm(e, 'bwt')} | {pm(e, 'fwt')} | {pm(e, 'probe_fwt')} | "
@@ -241,15 +242,64 @@ def markdown(report: dict) -> str:
             lines.append(f"R of {name} (mean over seeds): " + " / ".join(
                 " ".join(pct(v) for v in row) for row in e["R_mean"]))
     lines.append("")
+    if report.get("criteria"):
+        lines += ["| target (issue 9) | met | figures (means over seeds) |", "|---|---|---|"]
+        lines += [f"| {c['criterion']} | {'yes' if c['met'] else 'no'} | {c['figures']} |" for c in report["criteria"]]
+        lines.append("")
     for note in s.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
+
+
+# Our methods (tasks helping each other), against the anchors' own baseline O-LoRA.
+OURS = ("task-embedding", "shared-a-lora", "shared-b-lora(B frozen)", "shared-b-lora(B trained)", "lora(warm start)")
+
+
+def criteria(report: dict) -> list[dict]:
+    """The targets the transfer issue sets, evaluated on this report's means (and SEs where they decide)."""
+    m = {name: e for name, e in report["methods"].items() if e.get("n_seeds")}
+
+    def mean(name: str, metric: str = "acc"):
+        return m[name]["mean"].get(metric) if name in m else None
+
+    out = []
+
+    def add(what: str, ok, figures: str) -> None:
+        out.append({"criterion": what, "met": ok, "figures": figures})
+
+    lora, lora_bytes = mean("lora"), m.get("lora", {}).get("per_task_bytes")
+    if lora is not None and "task-embedding" in m:
+        te, bwt, nbytes = mean("task-embedding"), mean("task-embedding", "bwt"), m["task-embedding"]["per_task_bytes"]
+        add("task-embedding ACC >= lora - 2, BWT >= -1, bytes <= 1% of lora's",
+            te >= lora - 0.02 and bwt >= -0.01 and nbytes <= 0.01 * lora_bytes,
+            f"ACC {pct(te)} vs {pct(lora)}, BWT {pct(bwt)}, bytes {nbytes:,} = {100 * nbytes / lora_bytes:.2f}% of lora's")
+    for name in ("shared-a-lora", "shared-b-lora(B frozen)", "shared-b-lora(B trained)"):
+        if lora is not None and name in m:
+            acc, nbytes = mean(name), m[name]["per_task_bytes"]
+            add(f"{name} ACC >= lora - 1 at <= half lora's bytes", acc >= lora - 0.01 and nbytes <= 0.5 * lora_bytes,
+                f"ACC {pct(acc)} vs {pct(lora)}, bytes {nbytes:,} = {nbytes / lora_bytes:.2f}x lora's")
+    ours = [(mean(n), n) for n in OURS if n in m]
+    if ours and "o-lora" in m:
+        best, name = max(ours)
+        add("best of ours >= O-LoRA", best >= mean("o-lora"), f"{name} {pct(best)} vs O-LoRA {pct(mean('o-lora'))}")
+    if lora is not None and "mtl" in m:
+        add("per-task LoRA within 3 points of MTL", mean("mtl") - lora <= 0.03, f"lora {pct(lora)}, mtl {pct(mean('mtl'))}")
+    if "lora(warm start)" in m:
+        fwt, se = mean("lora(warm start)", "fwt"), m["lora(warm start)"]["se"].get("fwt")
+        add("warm start FWT > 0 beyond 2 SE", se is not None and fwt > 2 * se,
+            f"FWT {pct(fwt)} ± {pct(se)} (probe FWT {pct(mean('lora(warm start)', 'probe_fwt'))})")
+    if lora is not None and "lora(routed)" in m:
+        routed = mean("lora(routed)")
+        add("routed ACC >= 0.98 x oracle (lora) ACC", routed >= 0.98 * lora,
+            f"routed {pct(routed)} vs oracle {pct(lora)} = {routed / lora:.3f}x")
+    return out
 
 
 def write_report(report: dict, out: Path) -> None:
     for entry in report["methods"].values():
         if "seeds" in entry:
             aggregate(entry)
+    report["criteria"] = criteria(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown(report))
