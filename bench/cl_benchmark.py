@@ -209,7 +209,8 @@ def markdown(report: dict) -> str:
     s = report["settings"]
     seeds = sorted({int(k) for e in report["methods"].values() for k in e.get("seeds", {})})
     lines = [
-        f"# Continual-learning benchmark, order {report['order']}: {' → '.join(s['tasks'])}",
+        f"# Continual-learning benchmark, "
+        f"{'order ' + str(report['order']) if s['tasks'] == ORDERS[report['order']] else 'tasks'}: {' → '.join(s['tasks'])}",
         "",
         f"Base model {s['base_model']}; per task {s['sizes']['train']} training examples (subsampled per seed), "
         f"{s['sizes']['dev']} dev examples for early stopping, {s['sizes']['test']} **{s['split']}** examples "
