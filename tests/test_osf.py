@@ -75,6 +75,19 @@ def test_a_step_that_leaves_a_task_nothing_to_train_is_refused():
     assert "= 1.1 leaves task 3 of 3 nothing to train" in message and "osf_rank_step: 0" in message
 
 
+def test_the_kinds_bad_preserved_share_is_a_one_line_error_and_leaves_the_model_alone():
+    from peft.tuners.osf import OSFLayer
+
+    from modeling.kinds.osf import OsfConfig
+    from tiny import tiny_model
+
+    assert "effective_rank=1.5 is invalid: must be a fraction in (0, 1)" in one_line(OsfConfig, effective_rank=1.5)
+    model = tiny_model()  # hidden 32: a share of 0.01 keeps int(0.32) = 0 directions
+    message = one_line(model.add_slot, "t", "osf-svd", OsfConfig(effective_rank=0.01), ("a", "b"))
+    assert "effective_rank=0.01 preserves no direction of encoder.layer.0.attention.self.query (32, 32)" in message
+    assert not model.slots and not any(isinstance(m, OSFLayer) for m in model.encoder.modules())
+
+
 def test_osf_is_a_sequence_method_with_its_own_settings():
     from continual.methods import setting_names
 
@@ -109,8 +122,8 @@ def preserved_leak(reg, demo_files, base, prefix, **config) -> tuple[float, floa
     the largest share ‖U_highᵀ ΔW‖ / ‖ΔW‖ (and ‖ΔW V_high‖ / ‖ΔW‖) in W's top-k singular directions, k being
     the second task's preserved rank; and the smallest ‖ΔW‖ / ‖W‖ (it did train)."""
     after: dict[int, dict[str, torch.Tensor]] = {}
-    names, result = run(reg, demo_files, base, prefix, after_row=lambda i, model: after.update({i: targeted_weights(model)}),
-                        **config)
+    names, result = run(reg, demo_files, base, prefix,
+                        after_row=lambda i, model: after.update({i: targeted_weights(model)}), **config)
     share = OsfSettings().preserved(1, 2)
     leak, moved = 0.0, float("inf")
     for name, w1 in after[0].items():
