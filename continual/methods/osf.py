@@ -6,7 +6,9 @@ SVD; its top singular directions (the preserved, "high" subspace) stay frozen an
 gradients projected orthogonal to them.  After each task its update is merged into the encoder's weights
 (`OsfKind.fold`) and the next task wraps the updated weights again with a LARGER preserved rank, so the
 directions that carry what the earlier tasks learned are protected: peft's continual-learning recipe
-("between tasks, recompute the SVD ... and increase the preserved subspace", OSF package reference).
+("between tasks, recompute the SVD ... and increase the preserved subspace", OSF package reference).  The
+update is merged first: the reference's snippet re-wraps `model.unload()`, which in peft 0.21 drops an OSF
+layer's update unmerged, so each task's training would be lost.
 
 The rule for the preserved share f_i of task i (0-based) of a sequence of n tasks:
 
