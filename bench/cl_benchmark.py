@@ -72,6 +72,8 @@ ROWS = [
     Row("lora", "lora", note="isolated per-task LoRA"),
     Row("mtl", "mtl", note="joint training on all tasks (upper bound)"),
     Row("o-lora", "o-lora", {"olora_lambda": 0.5}, note="O-LoRA: earlier LoRAs frozen and summed, new A orthogonal, λ1=0.5"),
+    Row("osf", "osf", {"learning_rate": 2e-4}, note="peft OSF: one encoder, each weight's top singular directions "
+        "frozen (30% at task 1, +70%/n per task), update merged after each task; lr 2e-4 as seq-ft, not tuned"),
     Row("task-embedding", "task-embedding", {}, "task-embedding",
         "the kind's defaults: f_in/f_out trained with task 1 then frozen, e_i (d_e 128) per task, head started "
         "by a linear probe"),

@@ -59,7 +59,7 @@ GOOD = {"name": "s", "tasks": ["a", "b"], "method": "lora"}
     ({"tasks": []}, "'tasks' is empty"),
     ({"tasks": ["a", "b", "a"]}, "task 'a' appears twice"),
     ({"tasks": "a"}, "'tasks' must be a list"),
-    ({"method": "lorra"}, "unknown method 'lorra'; valid methods: baselines seq-lora, seq-ft, replay, ewc, mtl, o-lora; "
+    ({"method": "lorra"}, "unknown method 'lorra'; valid methods: baselines seq-lora, seq-ft, replay, ewc, mtl, o-lora, osf; "
                           "adapter kinds"),
     ({"colour": "red"}, "unknown key(s) colour; valid keys: name, tasks, method, config"),
     ({"config": {"learning_rat": 1}}, "unknown setting 'learning_rat'"),

@@ -25,7 +25,7 @@ def tiny_model(seed: int = 0, layers: int = 2, attn: str | None = None, **extra)
 def kind_configs() -> dict:
     """Small settings for every adapter kind (fresh objects each call: attach fills in defaults)."""
     from modeling.kinds import (
-        BottleneckConfig, FullConfig, LoraKindConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig,
+        BottleneckConfig, FullConfig, LoraKindConfig, OsfConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig,
     )
 
     return {
@@ -37,6 +37,7 @@ def kind_configs() -> dict:
         "prefix": PrefixConfig(num_virtual_tokens=3),
         "prompt": PromptConfig(num_virtual_tokens=3),
         "full": FullConfig(),
+        "osf-svd": OsfConfig(effective_rank=0.5),
     }
 
 

@@ -12,6 +12,7 @@ from continual.methods.ewc import EwcMethod
 from continual.methods.kind import KindMethod
 from continual.methods.mtl import MtlMethod
 from continual.methods.olora import OLoraMethod
+from continual.methods.osf import OsfMethod
 from continual.methods.replay import ReplayMethod
 from continual.methods.sequential import SeqFtMethod, SeqLoraMethod
 
@@ -30,6 +31,7 @@ register_baseline(ReplayMethod)
 register_baseline(EwcMethod)
 register_baseline(MtlMethod)
 register_baseline(OLoraMethod)
+register_baseline(OsfMethod)
 
 
 def method_names() -> list[str]:

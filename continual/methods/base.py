@@ -113,13 +113,17 @@ class Method:
     def add_slot(self, ctx: SequenceContext, task: str) -> None:
         """Add `task`'s slot to `ctx.model` exactly as its training starts it (seeded, so repeatable)."""
         L.seed_everything(ctx.config.seed, workers=True, verbose=False)
-        kind_config = get_kind(self.kind).make_config(ctx.config.flat())
+        kind_config = get_kind(self.kind).make_config(self.kind_settings(ctx, task))
         ctx.model.add_slot(task, self.kind, kind_config, ctx.data[task].spec.labels)
         source = ctx.init_sources.get(task)
         if source is not None:  # `init_from: related`: start as its training will, from the chosen adapter
             from continual.warm_start import warm_start
 
             warm_start(ctx.registry, ctx.model, task, ctx.base, ctx.registry.resolve(source))
+
+    def kind_settings(self, ctx: SequenceContext, task: str) -> dict[str, Any]:
+        """The settings `task`'s slot is configured from (osf overrides one per task)."""
+        return ctx.config.flat()
 
     def train(self, ctx: SequenceContext, i: int, task: str) -> StepOutcome:
         raise NotImplementedError

@@ -3,6 +3,7 @@ from modeling.kinds.base import KINDS, AdapterKind, KindConfig, KindError, Share
 from modeling.kinds.bottleneck import BottleneckConfig, BottleneckAdapterKind
 from modeling.kinds.full import FullConfig, FullFineTuningKind
 from modeling.kinds.lora import LoraKind, LoraKindConfig
+from modeling.kinds.osf import OsfConfig, OsfKind
 from modeling.kinds.prompt import PrefixConfig, PrefixTuningKind, PromptConfig, PromptTuningKind
 from modeling.kinds.shared_lora import SharedALoraKind, SharedLoraConfig, SharedLoraKind
 from modeling.kinds.task_embedding import TaskEmbeddingConfig, TaskEmbeddingKind
@@ -15,8 +16,9 @@ register_kind(BottleneckAdapterKind())  # adapter
 register_kind(PrefixTuningKind())
 register_kind(PromptTuningKind())
 register_kind(FullFineTuningKind())
+register_kind(OsfKind())  # osf-svd
 
 __all__ = [
     "KINDS", "AdapterKind", "KindConfig", "KindError", "SharedPartSettings", "get_kind", "register_kind", "LoraKindConfig",
-    "SharedLoraConfig", "TaskEmbeddingConfig", "BottleneckConfig", "PrefixConfig", "PromptConfig", "FullConfig",
+    "SharedLoraConfig", "TaskEmbeddingConfig", "BottleneckConfig", "PrefixConfig", "PromptConfig", "FullConfig", "OsfConfig",
 ]

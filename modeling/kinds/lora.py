@@ -57,10 +57,12 @@ def unwrap_peft_layers(root: nn.Module, only_empty: bool) -> None:
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for name, module in list(root.named_modules()):
+    # Innermost first, one level each: a layer of another peft method may sit inside (an OSF layer around a
+    # LoRA layer), and unwrapping the outer one must not take the inner one with it.
+    for name, module in reversed(list(root.named_modules())):
         if isinstance(module, BaseTunerLayer) and not (only_empty and module._all_available_adapter_names()):
             parent_name, _, child = name.rpartition(".")
-            setattr(root.get_submodule(parent_name), child, module.get_base_layer())
+            setattr(root.get_submodule(parent_name), child, module.base_layer)
 
 
 def _tuner_layers(model: "AdapterModel") -> list:
