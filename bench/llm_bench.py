@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="")
     parser.add_argument("--store", default="", help="MLflow store (default: a temporary folder)")
     parser.add_argument("--method", default="lora", help="sequence: lora (per-task LoRA) or seq-lora")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 32 train, 8 dev, 32 test examples, "
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 24 train, 8 dev, 16 test examples, "
                         "max length 128 (sizes given explicitly win)")
     parser.add_argument("--train", type=int, default=None, help="training examples per task (default 300)")
     parser.add_argument("--dev", type=int, default=None, help="dev examples per task (default 40)")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared CPU)")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args(argv)
-    for key, full, quick in (("train", 300, 32), ("dev", 40, 8), ("test", 200, 32), ("max_length", 256, 128)):
+    for key, full, quick in (("train", 300, 24), ("dev", 40, 8), ("test", 200, 16), ("max_length", 256, 128)):
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -64,12 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True, type=Path, help="folder with <task>/{train,test}.jsonl and labels.json")
     p.add_argument("--out", required=True, type=Path, help="JSON result file; a .md table is written next to it")
-    p.add_argument("--quick", action="store_true", help="fewer inputs, 1k and 100k vectors only (<= 5 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="fewer inputs, 1k and 20k vectors only (~1 min, one thread)")
     p.add_argument("--model", default=None, help="encoder path or id (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--samples-per-task", type=int, default=None, help="training inputs per task (default 512; quick 200)")
-    p.add_argument("--test-per-task", type=int, default=None, help="test inputs per task, 0 = all (default all; quick 100)")
-    p.add_argument("--sizes", default=None, help="comma-separated index sizes (default 1000,100000,1000000; quick 1000,100000)")
-    p.add_argument("--queries", type=int, default=None, help="queries per index size (default 1000; quick 500)")
+    p.add_argument("--samples-per-task", type=int, default=None, help="training inputs per task (default 512; quick 100)")
+    p.add_argument("--test-per-task", type=int, default=None, help="test inputs per task, 0 = all (default all; quick 50)")
+    p.add_argument("--sizes", default=None, help="comma-separated index sizes (default 1000,100000,1000000; quick 1000,20000)")
+    p.add_argument("--queries", type=int, default=None, help="queries per index size (default 1000; quick 200)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per input")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch / FAISS threads for batch work")
     p.add_argument("--train-threads", type=int, default=1,
@@ -83,11 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", choices=["test", "dev"], default="test",
                    help="the inputs routed in part 1: dev (to choose the router) or test (scored once, after choosing)")
     a = p.parse_args(argv)
-    a.samples_per_task = a.samples_per_task or (200 if a.quick else 512)
+    a.samples_per_task = a.samples_per_task or (100 if a.quick else 512)
     if a.test_per_task is None:
-        a.test_per_task = 100 if a.quick else 0
-    a.sizes = [int(s) for s in (a.sizes or ("1000,100000" if a.quick else "1000,100000,1000000")).split(",")]
-    a.queries = a.queries or (500 if a.quick else 1000)
+        a.test_per_task = 50 if a.quick else 0
+    a.sizes = [int(s) for s in (a.sizes or ("1000,20000" if a.quick else "1000,100000,1000000")).split(",")]
+    a.queries = a.queries or (200 if a.quick else 1000)
     return a
 
 
@@ -338,7 +338,7 @@ WARM_PAIRS = (("yelp", "amazon"), ("rte", "mnli"))
 # cost an evaluation per epoch).
 WARM_BUDGET = {
     "full": {"source_train": 1000, "target_train": 100, "target_epochs": 3, "test": 500},
-    "quick": {"source_train": 300, "target_train": 100, "target_epochs": 3, "test": 200},
+    "quick": {"source_train": 160, "target_train": 100, "target_epochs": 2, "test": 100},
 }
 # TrainConfig of every run: the training benchmark's settings (bench/cl_benchmark.py COMMON). At
 # the default lr 1e-3, 19 steps left amazon at chance (0.225 on 5 classes), and a warm start from
