@@ -15,11 +15,11 @@ from continual.config import ConfigError, TrainConfig
 from continual.data import EncodedDataset, make_loader, subsample
 from continual.evaluate import accuracy
 from continual.module import AdapterClassifier
-from continual.trainer import build_trainer, is_main_process, mlflow_logger, total_steps
+from continual.trainer import build_trainer, fast_path, is_main_process, mlflow_logger, total_steps
 from continual.unfreeze import unfrozen_base_state
 from continual.warm_start import choose_source, warm_start
 from modeling.base_model import BaseModel, load_base_model
-from modeling.hardware import apply_num_threads, detect, training_attention
+from modeling.hardware import apply_num_threads, detect
 from modeling.kinds import get_kind
 from modeling.manifest import AdapterManifest
 from modeling.model import AdapterModel
@@ -108,57 +108,6 @@ def build_model(base: BaseModel) -> AdapterModel:
     return AdapterModel(base.fresh_encoder())
 
 
-@contextmanager
-def frozen_linears_in_bf16(model: AdapterModel, precision: str, enabled: bool = True) -> Iterator[None]:
-    """Hold the frozen Linear layers of the encoder in bf16 while training in bf16 autocast.
-
-    Autocast re-casts every fp32 weight to bf16 at every matmul, forward and backward: profiled on
-    MiniLM + LoRA (batch 16, AMX CPU) those copies were the largest single cost of a step (31% of CPU
-    time, more than the matmuls).  A frozen weight casts to the same bf16 tensor every time, so casting
-    it once gives bit-identical numerics.  Trainable layers (the slot's adapter, base layers that
-    train) stay fp32; `enabled=False` (progressive unfreezing: layers start training mid-run) or any
-    other precision leaves the model alone.  The original fp32 parameters are put back on exit.
-    """
-    swapped: list[tuple[nn.Module, dict[str, nn.Parameter]]] = []
-    if enabled and precision == "bf16":
-        for module in model.encoder.modules():
-            params = dict(module.named_parameters(recurse=False))
-            if isinstance(module, nn.Linear) and params and not any(p.requires_grad for p in params.values()):
-                for name, p in params.items():
-                    setattr(module, name, nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
-                swapped.append((module, params))
-    try:
-        yield
-    finally:
-        for module, params in swapped:
-            for name, p in params.items():
-                setattr(module, name, p)
-
-
-@contextmanager
-def base_dropout_off(model: AdapterModel, enabled: bool = True) -> Iterator[None]:
-    """Switch off the frozen base encoder's own dropout (embeddings, attention probabilities, hidden states)
-    while an adapter trains; the adapter's own dropout (peft's `lora_dropout`) and the head's stay.
-
-    Profiled on MiniLM + LoRA (batch 16, one thread, AMX CPU) the base's 19 dropouts a step were the
-    largest single cost (CPU random numbers, ~4 ms per call), and at the same settings test and dev
-    accuracy were the same without them (README, Performance).  `enabled=False` (the `base_dropout`
-    setting, or progressive unfreezing: base layers train) leaves the model alone; the rates are put
-    back on exit.
-    """
-    changed: list[tuple[nn.Dropout, float]] = []
-    if enabled:
-        for name, module in model.encoder.named_modules():
-            if isinstance(module, nn.Dropout) and module.p > 0 and "lora_dropout" not in name:
-                changed.append((module, module.p))
-                module.p = 0.0  # BERT's attention reads its dropout rate from this module too
-    try:
-        yield
-    finally:
-        for module, p in changed:
-            module.p = p
-
-
 def check_base_for_task(spec: TaskSpec, base: BaseModel) -> None:
     """A generation task needs a causal LM; say so in one line naming the base model and the fix."""
     if spec.kind == "generation" and not base.causal_lm:
@@ -206,10 +155,7 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     if logger is not None:  # what `max_epochs: auto` and the schedule came to for this data
         logger.log_hyperparams({"max_epochs_used": trainer.max_epochs, "planned_steps": module.total_steps})
     model.train()
-    frozen_base = not config.unfreeze_schedule  # unfreezing trains base layers mid-run
-    with frozen_linears_in_bf16(model, config.resolved_precision, enabled=frozen_base), \
-            base_dropout_off(model, enabled=frozen_base and not config.base_dropout), \
-            training_attention(model.encoder, config.resolved_precision):
+    with fast_path(model, config, base_trains=model.slots[slot].kind == "full"):
         trainer.fit(module, train_loader, dev_loader)
     model.eval()
     if config.unfreeze_schedule:

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from continual.config import TrainConfig
-from continual.train import base_dropout_off, build_model, fit_slot
+from continual.train import build_model, fit_slot
+from continual.trainer import base_dropout_off
 from modeling.hardware import training_attention
 from modeling.kinds import get_kind
 from tasks.loaders import Example

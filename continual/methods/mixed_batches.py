@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from continual.config import TrainConfig
 from continual.data import EncodedDataset
 from continual.module import SlotTraining
-from continual.trainer import build_trainer, total_steps
+from continual.trainer import build_trainer, fast_path, total_steps
 from modeling.model import AdapterModel
 from tasks.loaders import Example
 
@@ -188,7 +188,8 @@ def fit_multitask(model: AdapterModel, slots: Sequence[str], encode_slot: str, t
     trainer, keep_best = build_trainer(config, train_batches=len(train_loader), has_dev=dev_loader is not None,
                                        logger=logger, show_progress=show_progress)
     model.train()
-    trainer.fit(module, train_loader, dev_loader)
+    with fast_path(model, config, base_trains=model.slots[encode_slot].kind == "full"):  # as fit_slot
+        trainer.fit(module, train_loader, dev_loader)
     model.eval()
     for p in trainable:
         p.requires_grad_(False)
