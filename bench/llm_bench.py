@@ -155,10 +155,10 @@ def table(paths: list[str]) -> str:
     for p in paths:
         r = json.loads(Path(p).read_text())
         if r["bench"] == "agnews":
-            lines += ["| agnews (SmolLM2-135M) | zero-shot | LoRA, 1 epoch | train s | tokens/s |", "|---|---|---|---|---|",
+            lines += ["| agnews (SmolLM2-135M) | zero-shot % | LoRA, 1 epoch % | train s | tokens/s |", "|---|---|---|---|---|",
                       f"| {r['train_examples']} train / {r['test_examples']} {r.get('scored_split', 'test')} | "
-                      f"{fmt(r['zero_shot_accuracy'])}% | "
-                      f"{100 * r['lora_test_accuracy']:.1f}% | {r['train_seconds']:.0f} | {r['train_tokens_per_second']:.0f} |", ""]
+                      f"{fmt(r['zero_shot_accuracy'])} | {fmt(r['lora_test_accuracy'])} | {r['train_seconds']:.0f} | "
+                      f"{r['train_tokens_per_second']:.0f} |", ""]
         else:
             m = r["metrics"]
             rows = ["| after \\ on | " + " | ".join(r["tasks"]) + " |", "|---" * (len(r["tasks"]) + 1) + "|"]
