@@ -23,15 +23,32 @@ def quiet() -> None:
     hf_logging.disable_progress_bar()
 
 
-def write_subset(data_dir: Path, task: str, out: Path, sizes: dict[str, int]) -> dict[str, str]:
-    """A fixed sample (seed 0, original order) of `sizes[split]` rows of each split of `data_dir/task`, written
-    under `out/task/`; returns split -> path.  For runs on a subset (nothing is copied into the repository)."""
+def read_rows(data_dir: Path, task: str, split: str) -> list[dict]:
+    return [json.loads(line) for line in (data_dir / task / f"{split}.jsonl").read_text().splitlines() if line]
+
+
+def sample(rows: list[dict], *sizes: int) -> list[list[dict]]:
+    """Disjoint subsets of `sizes` rows from one fixed draw (seed 0), each in file order."""
+    if sum(sizes) > len(rows):
+        raise SystemExit(f"asked for {sum(sizes)} rows of a split that has {len(rows)}; lower --train/--dev/--test")
+    drawn = random.Random(0).sample(range(len(rows)), sum(sizes))
+    cuts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    return [[rows[i] for i in sorted(drawn[a:b])] for a, b in zip(cuts, cuts[1:])]
+
+
+def write_subset(data_dir: Path, task: str, out: Path, sizes: dict[str, int], split: str = "test") -> dict[str, str]:
+    """train/dev/test files of `sizes[...]` rows; with split="dev" the "test" file holds dev rows and
+    the "dev" file other dev rows, so test.jsonl is never read."""
+    chosen = {"train": sample(read_rows(data_dir, task, "train"), sizes["train"])[0]}
+    if split == "dev":
+        chosen["test"], chosen["dev"] = sample(read_rows(data_dir, task, "dev"), sizes["test"], sizes["dev"])
+    else:
+        chosen["dev"] = sample(read_rows(data_dir, task, "dev"), sizes["dev"])[0]
+        chosen["test"] = sample(read_rows(data_dir, task, "test"), sizes["test"])[0]
     paths = {}
-    for split, n in sizes.items():
-        rows = [json.loads(line) for line in (data_dir / task / f"{split}.jsonl").read_text().splitlines() if line]
-        keep = sorted(random.Random(0).sample(range(len(rows)), min(n, len(rows))))
-        path = out / task / f"{split}.jsonl"
+    for name, rows in chosen.items():
+        path = out / task / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(rows[i]) + "\n" for i in keep))
-        paths[split] = str(path)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths[name] = str(path)
     return paths

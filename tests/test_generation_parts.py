@@ -73,6 +73,37 @@ def test_over_long_prompts_are_cut_from_the_left_never_the_completion(base):
         generate(model, "t", ["  "], max_new_tokens=2)
 
 
+def test_lora_default_targets_per_family_and_their_parameter_count(base):
+    """Llama-style decoders adapt every attention and MLP projection; GPT-2 keeps c_attn."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from modeling.causal_lm import DECODER_PROJECTIONS
+    from modeling.generation import CausalAdapterModel
+    from modeling.kinds import get_kind
+
+    model = CausalAdapterModel(base.fresh_encoder(), base.tokenizer)
+    config = get_kind("lora").make_config({"r": 4})
+    model.add_slot("t", "lora", config, ())
+    adapted = {name.rsplit(".", 1)[-1] for name, m in model.encoder.named_modules() if isinstance(m, BaseTunerLayer)}
+    expected = DECODER_PROJECTIONS if base.encoder.config.model_type == "llama" else ["c_attn"]
+    assert config.target_modules == expected and adapted == set(expected)
+    trained = sum(p.numel() for p in model.trainable_parameters("t"))
+    assert trained == get_kind("lora").per_task_parameter_count(config, base.encoder.config)
+
+
+def test_classification_loss_covers_only_the_label_and_end_token(base):
+    from continual.lm_training import LMDataset
+    from modeling.generation import IGNORE, CausalAdapterModel, end_token_id
+    from modeling.kinds import get_kind
+
+    model = CausalAdapterModel(base.fresh_encoder(), base.tokenizer)
+    model.add_slot("c", "lora", get_kind("lora").make_config({}), ("World", "Sports"))
+    (ids, labels), = LMDataset([Example("a match report", "Sports")], model, "c", max_length=64).rows
+    answer = model.formats["c"].completion_ids(base.tokenizer, "Sports")
+    assert answer[-1] == end_token_id(base.tokenizer)
+    assert labels == [IGNORE] * (len(ids) - len(answer)) + answer and ids[-len(answer):] == answer
+
+
 KINDS = ["lora", "shared-b-lora", "shared-a-lora", "task-embedding", "adapter", "prefix", "prompt", "full"]
 
 
