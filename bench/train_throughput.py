@@ -255,12 +255,12 @@ def arm_profile(args) -> dict:
         opt.step()
         opt.zero_grad()
 
-    from continual.train import base_dropout_off, frozen_linears_in_bf16
-    from modeling.hardware import training_attention
+    from continual.config import TrainConfig
+    from continual.trainer import fast_path
 
     batches = list(loader)
     # as fit_slot trains: frozen Linears in bf16, the base's own dropout off, eager attention in bf16 on a CPU
-    with frozen_linears_in_bf16(model, precision), base_dropout_off(model), training_attention(model.encoder, precision):
+    with fast_path(model, TrainConfig(precision=precision)):
         step(dict(batches[0]))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for batch in batches[1:9]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from continual.train import frozen_linears_in_bf16
+from continual.trainer import frozen_linears_in_bf16
 from modeling.kinds import get_kind
 from tiny import tiny_model
 
