@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from continual.data import EncodedDataset, make_loader
+from continual.data import EncodedDataset, make_loader, subsample
 from modeling.hardware import autocast
 from modeling.model import AdapterModel
 from tasks.loaders import Example
@@ -79,14 +79,9 @@ def probe_accuracy(model: AdapterModel, slot: str, tokenizer, train: Sequence[Ex
                    settings: ProbeSettings = ProbeSettings(), max_length: int = 128,
                    precision: str = "auto") -> float:
     """Test accuracy of a linear head fitted on `slot`'s frozen features of `train` (a fixed sample)."""
-    import random
-
     if not test:
         return float("nan")
-    sample = list(train)
-    if len(sample) > settings.train_examples:
-        keep = sorted(random.Random(settings.seed).sample(range(len(sample)), settings.train_examples))
-        sample = [sample[i] for i in keep]
+    sample = subsample(train, settings.train_examples, settings.seed)
     train_x, train_y = pooled_features(model, slot, tokenizer, sample, max_length, precision=precision)
     test_x, test_y = pooled_features(model, slot, tokenizer, test, max_length, precision=precision)
     head = fit_probe(train_x, train_y, len(model.slots[slot].labels), settings)
@@ -101,12 +96,7 @@ def init_head_by_probe(model: AdapterModel, slot: str, tokenizer, train: Sequenc
     instead of from random weights.  The fine-tuning that follows then starts from a head that already
     fits, so the first steps' large gradients do not push the adapter (or shared layers) off course."""
     settings = ProbeSettings(train_examples=max_examples, seed=seed)
-    sample = list(train)
-    if len(sample) > max_examples:
-        import random
-
-        keep = sorted(random.Random(seed).sample(range(len(sample)), max_examples))
-        sample = [sample[i] for i in keep]
+    sample = subsample(train, max_examples, seed)
     x, y = pooled_features(model, slot, tokenizer, sample, max_length, precision=precision)
     fitted = fit_probe(x, y, len(model.slots[slot].labels), settings)
     head = model.heads[slot]
