@@ -436,16 +436,19 @@ class SequenceRunner:
             self.model.remove_slot(task)
 
     def choose_warm_start(self, i: int, task: str) -> None:
-        """With `init_from: related`, the nearest task (registry.related) among those this sequence trained
-        already gives task i its starting adapter: the version the sequence registered for it."""
+        """With `init_from: related`, the nearest task (registry.related, beating the mean by related_margin) among
+        those this sequence trained already gives task i its starting adapter: the version registered for it."""
         if self.spec.init_from != "related":
             return
-        for related in self.registry.related(task, k=len(self.registry.tasks())):
-            if related.task in self.trained_versions:
-                self.ctx.init_sources[task] = self.matrix.init_from[i] = self.trained_versions[related.task]
+        from continual.warm_start import related_sources
+
+        close, why_none = related_sources(self.registry, task, self.config.related_margin)
+        for name in close:
+            if name in self.trained_versions:
+                self.ctx.init_sources[task] = self.matrix.init_from[i] = self.trained_versions[name]
                 return
-        warnings.warn(f"init_from: related found no related task with an adapter for '{task}'; it starts fresh",
-                      ContinualWarning, stacklevel=2)
+        why = "no related task trained in this sequence yet" if close else why_none
+        warnings.warn(f"init_from: related: {why}; '{task}' starts fresh", ContinualWarning, stacklevel=2)
 
     def log_row(self, i: int) -> None:
         row_metrics = self.matrix.metrics_at(i)

@@ -221,7 +221,7 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
         model.remove_slot(slot)
     model.add_slot(slot, method, kind_config, spec.labels)
     extra_tags = dict(extra_tags or {})
-    source = choose_source(registry, task, method, init_from)
+    source = choose_source(registry, task, method, init_from, config.related_margin)
     if source is not None:
         extra_tags.update(warm_start(registry, model, slot, base, source))
         extra_tags[T.INIT_FROM] = str(init_from)

@@ -1,7 +1,8 @@
 """Warm start: initialise a new task's adapter from a related task's registered adapter.
 
 `--init-from auto` takes the nearest related task (registry.related) that has an adapter of the
-same kind; `--init-from TASK` names it; `none` trains from scratch.  The adapter weights are
+same kind and is related enough (`related_margin`, a TrainConfig setting: a task unlike every registered one
+starts fresh, since a distant task's adapter can be a worse start than a random one); `--init-from TASK` names it; `none` trains from scratch.  The adapter weights are
 copied when their shapes fit; the head is copied only when the label sets are identical (same
 classes in the same order), otherwise it starts fresh.  The lineage goes into the version's tags.
 """
@@ -22,18 +23,36 @@ class WarmStartError(ContinualError):
     pass
 
 
-def choose_source(registry: AdapterRegistry, task: str, method: str, init_from: str | None) -> AdapterVersion | None:
-    """The adapter version to start from, or None to train from scratch."""
+def related_sources(registry: AdapterRegistry, task: str, margin: float) -> tuple[list[str], str]:
+    """Registered tasks close enough to `task` to start it from, nearest first: those whose cosine
+    (registry.related) beats `task`'s mean cosine to every registered task by `margin` (all of them when
+    `margin` < 0; see TrainConfig.related_margin), and a phrase naming the nearest task for a warning when none
+    is close enough."""
+    related = registry.related(task, k=len(registry.tasks()))
+    if not related:
+        return [], "no other task is registered"
+    mean = sum(r.score for r in related) / len(related)
+    close = [r.task for r in related if margin < 0 or r.score - mean >= margin]
+    nearest = related[0]
+    return close, (f"no registered task is related enough (nearest: {nearest.task}, {nearest.score - mean:+.2f} "
+                   f"above the mean cosine, below related_margin={margin})")
+
+
+def choose_source(registry: AdapterRegistry, task: str, method: str, init_from: str | None,
+                  margin: float = -1.0) -> AdapterVersion | None:
+    """The adapter version to start from, or None to train from scratch.  `auto` considers only the related
+    tasks that beat the mean by `margin` (related_sources)."""
     if init_from in (None, "", "none"):
         return None
     if init_from == "auto":
-        for related in registry.related(task, k=10):
+        close, why_none = related_sources(registry, task, margin)
+        for name in close:
             # A quarantined version fails verification (`continual adapters verify --repair`): never a source.
-            versions = [v for v in registry.versions(related.task) if T.QUARANTINED not in v.tags]
+            versions = [v for v in registry.versions(name) if T.QUARANTINED not in v.tags]
             if versions and versions[-1].kind == method:
                 return versions[-1]
-        warnings.warn(f"--init-from auto: no related task has a '{method}' adapter yet; training {task} from scratch",
-                      ContinualWarning, stacklevel=2)
+        why = f"no related task has a '{method}' adapter yet" if close else why_none
+        warnings.warn(f"--init-from auto: {why}; training {task} from scratch", ContinualWarning, stacklevel=2)
         return None
     if init_from == task:
         raise WarmStartError(f"--init-from {init_from} names the task being trained; name another task, auto or none")

@@ -59,7 +59,7 @@ def test_project_warnings_are_one_yellow_line_each(reg, tiny_base_dir):
     result = train(reg, tiny_base_dir, "--init-from", "auto", "--set", "max_steps=1")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
-    assert len(lines) == 1 and "--init-from auto: no related task" in lines[0], result.output
+    assert len(lines) == 1 and "--init-from auto: no " in lines[0] and "from scratch" in lines[0], result.output
 
 
 def test_cli_filters_keep_project_warnings_and_drop_library_noise():

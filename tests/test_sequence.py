@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from continual.sequence import AccuracyMatrix, SequenceError, SequenceSpec, run_sequence
+from tasks.errors import ContinualWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"max_epochs": 1, "batch_size": 16}
@@ -273,8 +274,10 @@ def test_cli_run_bad_file_is_one_red_line(tmp_path):
 def test_init_from_related_warm_starts_from_the_nearest_trained_task_and_probes_transfer(reg, demo_files,
                                                                                           tiny_base_dir):
     names = register(reg, demo_files, "warm", n=2)
+    # related_margin=-1: take the nearest task however far (two registered tasks: nothing to compare it with)
     result = run_sequence(reg, spec_for(names, base=tiny_base_dir, name="warm", init_from="related",
-                                        linear_probe=True, method="lora"))
+                                        linear_probe=True, method="lora",
+                                        config={**CONFIG, "related_margin": -1.0}))
     m = result.matrix
     assert m.init_from == [None, f"{names[0]}:1"]  # the only earlier task is the nearest one
     version = reg.resolve(names[1], include_experiments=True)
@@ -284,6 +287,18 @@ def test_init_from_related_warm_starts_from_the_nearest_trained_task_and_probes_
     assert result.metrics["probe_fwt"] == pytest.approx(m.probe_after[1] - m.probe_before[1])
     history = reg.store.metric_history(result.parent_run_id, "cl/probe_fwt")
     assert [h.step for h in history] == [0, 1]
+
+
+def test_init_from_related_starts_fresh_below_related_margin(new_registry, demo_files, tiny_base_dir):
+    reg = new_registry("far-store")  # only these two tasks: the module's store holds copies of them
+    names = register(reg, demo_files, "far", n=2)
+    # the only other task is exactly as related as the mean, below the default margin of 0.1
+    with pytest.warns(ContinualWarning, match=r"no registered task is related enough \(nearest: far-\S+, \+0.00 above"):
+        result = run_sequence(reg, spec_for(names, base=tiny_base_dir, name="far", init_from="related"))
+    assert result.matrix.init_from == [None, None]
+    assert "parent_adapter" not in reg.resolve(names[1], include_experiments=True).tags
+    with pytest.raises(SequenceError, match="related_margin"):
+        spec_for(names, config={**CONFIG, "related_margin": 3}).train_config()
 
 
 def test_init_from_related_is_refused_for_baselines(reg):

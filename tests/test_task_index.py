@@ -91,3 +91,20 @@ def test_routes_and_profiles_are_immune_to_adapters_loaded_for_inference(reg):
     fresh = AdapterRegistry(reg.store.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0])
     np.testing.assert_array_equal(reg.index.profile_task(sample, ["sports"])[0],
                                   fresh.index.profile_task(sample, ["sports"])[0])
+
+
+def test_related_sources_keep_only_tasks_clearly_above_the_mean_cosine():
+    """Order 1 of cl_benchmark as registered (centred profiles: every cosine is negative): amazon's only
+    related task is yelp; a distant nearest task is no source; a negative margin takes every task."""
+    from types import SimpleNamespace
+
+    from continual.warm_start import related_sources
+    from retrieval.routing import Related
+
+    scores = {"amazon": [Related("yelp", -0.044), Related("agnews", -0.428), Related("dbpedia", -0.436)],
+              "dbpedia": [Related("agnews", -0.43), Related("amazon", -0.436), Related("yelp", -0.443)]}
+    fake = SimpleNamespace(related=lambda task, k: scores[task][:k], tasks=lambda: [1, 2, 3, 4])
+    assert related_sources(fake, "amazon", 0.1)[0] == ["yelp"]  # +0.26 above the mean; the others -0.13
+    close, why = related_sources(fake, "dbpedia", 0.1)
+    assert close == [] and "nearest: agnews, +0.01 above the mean cosine, below related_margin=0.1" in why
+    assert related_sources(fake, "dbpedia", -1)[0] == ["agnews", "amazon", "yelp"]
