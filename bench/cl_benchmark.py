@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,6 +308,11 @@ def write_report(report: dict, out: Path) -> None:
     out.with_suffix(".md").write_text(markdown(report))
 
 
+def protocol(settings: dict) -> dict:
+    """The settings that must agree for runs to be merged (not the seeds, commit or notes' wording)."""
+    return {**{"overrides": {}}, **{k: v for k, v in settings.items() if k not in ("seeds", "commit", "notes")}}
+
+
 def merge(paths: list[Path], out: Path) -> None:
     """One report from runs of the same order, split and settings with different seeds."""
     reports = [json.loads(p.read_text()) for p in paths]
@@ -315,8 +320,7 @@ def merge(paths: list[Path], out: Path) -> None:
     for p, r in zip(paths[1:], reports[1:]):
         for key in ("order", "settings"):
             a, b = (first[key], r[key]) if key == "order" else (
-                {k: v for k, v in first[key].items() if k not in ("seeds", "commit")},
-                {k: v for k, v in r[key].items() if k not in ("seeds", "commit")})
+                protocol(first[key]), protocol(r[key]))
             if a != b:
                 raise SystemExit(f"--merge: {p} has another {key} than {paths[0]}; merge runs of one protocol only")
     merged = {"order": first["order"], "settings": first["settings"], "methods": {}}
@@ -347,6 +351,19 @@ def git_commit() -> str | None:
         return None
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` items as a dict, each value read as YAML (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set {item!r}: write KEY=VALUE, e.g. --set related_margin=-1")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="the cl_benchmark folder")
@@ -365,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads (default 1: on a CPU shared with other jobs a second thread can stall)")
     parser.add_argument("--precision", choices=["auto", "32", "bf16"], default=COMMON["precision"],
                         help="auto: bf16 only where the CPU/GPU does it natively (modeling/hardware.py)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training setting for every row, over the row's own (for choosing settings on dev)")
     parser.add_argument("--store", help="MLflow store to keep the runs in (default: a temporary one per seed)")
     args = parser.parse_args(argv)
     if args.merge:
@@ -391,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             raise SystemExit(f"unknown method row(s) {unknown}; valid: {', '.join(r.name for r in ROWS)}")
         rows = [r for r in ROWS if r.name in wanted]
+    overrides = parse_overrides(args.overrides)
+    rows = [replace(r, config={**r.config, **overrides}) for r in rows]
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else ORDERS[args.order]
     sizes = SIZES["quick" if args.quick else "default"]
     config = {**COMMON, **(QUICK if args.quick else {}), "precision": args.precision}
@@ -400,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
                 "split": args.split, "seeds": seeds, "threads": args.threads, "cpu_count": os.cpu_count(),
                 "quick": args.quick, "machine": platform.processor() or platform.machine(),
                 "cpu_flags": hardware.description, "precision_chosen": resolve_precision(args.precision),
-                "torch": torch.__version__, "commit": git_commit(), "notes": NOTES}
+                "torch": torch.__version__, "commit": git_commit(), "overrides": overrides, "notes": NOTES}
     report = {"order": args.order, "methods": {}, "settings": settings}
     for row in rows:
         entry = report["methods"][row.name] = {"method": row.method, "config": row.config, "spec": row.spec,
