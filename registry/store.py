@@ -95,6 +95,9 @@ def resolve_store(store: str | os.PathLike | None = None) -> tuple[str, str | No
     value = str(store) if store is not None else os.environ.get(STORE_ENV) or DEFAULT_STORE
     if value.startswith(("http://", "https://")):
         return value.rstrip("/"), None
+    if value.startswith(("http:/", "https:/")):  # pathlib.Path("http://host") is "http:/host": not a folder
+        raise StoreError(f"store '{value}' is a server URI that lost a '/' (was it passed through pathlib.Path?); "
+                         f"give it as a string, e.g. {value.replace(':/', '://', 1)}")
     if value.startswith("sqlite:"):
         db = Path(value.removeprefix("sqlite:").lstrip("/"))
         db = Path("/" + str(db)) if value.startswith("sqlite:////") else db

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from registry.store import StoreError, resolve_store
@@ -30,6 +32,10 @@ def test_bad_stores(tmp_path):
     afile.write_text("x")
     with pytest.raises(StoreError, match="is a file, not a folder"):
         resolve_store(afile)
+    # a server URI passed through pathlib.Path once left an MLflow database in a folder named 'http:'
+    mangled = Path("http://127.0.0.1:5000")
+    with pytest.raises(StoreError, match=r"lost a '/'.*e\.g\. http://127\.0\.0\.1:5000"):
+        resolve_store(mangled)
 
 
 def test_registry_exposes_tracking_uri(store_path):
