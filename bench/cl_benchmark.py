@@ -82,8 +82,11 @@ ROWS = [
         "B trained with task 1 only, then frozen"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
         "one B trained with every task, A per task"),
-    Row("lora(warm start)", "lora", note="each task starts from its nearest trained task's LoRA (init_from: related); "
-        "the head too where the label sets are equal", spec={"init_from": "related", "linear_probe": True}),
+    Row("task-embedding(warm start)", "task-embedding", {}, "task-embedding",
+        "task-embedding, each task's e_i (and head, for equal label sets) started from its nearest related "
+        "trained task's (init_from: related, related_margin 0.1)", spec={"init_from": "related", "linear_probe": True}),
+    Row("lora(warm start)", "lora", note="each task starts from its nearest trained task's LoRA where that task is "
+        "related enough (init_from: related, related_margin 0.1); the head too where the label sets are equal", spec={"init_from": "related", "linear_probe": True}),
     Row("lora(routed)", "lora", note="per-task LoRA, every test input routed to a task by the FAISS router "
         "(no task name); oracle = the lora row", spec={"task_agnostic": True}),
     Row("seq-lora", "seq-lora", note="one LoRA through every task", spec={"linear_probe": True}),
@@ -255,7 +258,8 @@ def markdown(report: dict) -> str:
 
 
 # Our methods (tasks helping each other), against the anchors' own baseline O-LoRA.
-OURS = ("task-embedding", "shared-a-lora", "shared-b-lora(B frozen)", "shared-b-lora(B trained)", "lora(warm start)")
+OURS = ("task-embedding", "task-embedding(warm start)", "shared-a-lora", "shared-b-lora(B frozen)",
+        "shared-b-lora(B trained)", "lora(warm start)")
 
 
 def criteria(report: dict) -> list[dict]:
@@ -271,11 +275,13 @@ def criteria(report: dict) -> list[dict]:
         out.append({"criterion": what, "met": ok, "figures": figures})
 
     lora, lora_bytes = mean("lora"), m.get("lora", {}).get("per_task_bytes")
-    if lora is not None and "task-embedding" in m:
-        te, bwt, nbytes = mean("task-embedding"), mean("task-embedding", "bwt"), m["task-embedding"]["per_task_bytes"]
-        add("task-embedding ACC >= lora - 2, BWT >= -1, bytes <= 1% of lora's",
-            te >= lora - 0.02 and bwt >= -0.01 and nbytes <= 0.01 * lora_bytes,
-            f"ACC {pct(te)} vs {pct(lora)}, BWT {pct(bwt)}, bytes {nbytes:,} = {100 * nbytes / lora_bytes:.2f}% of lora's")
+    for name in ("task-embedding", "task-embedding(warm start)"):
+        if lora is not None and name in m:
+            te, bwt, nbytes = mean(name), mean(name, "bwt"), m[name]["per_task_bytes"]
+            add(f"{name} ACC >= lora - 2, BWT >= -1, bytes <= 1% of lora's",
+                te >= lora - 0.02 and bwt >= -0.01 and nbytes <= 0.01 * lora_bytes,
+                f"ACC {pct(te)} vs {pct(lora)}, BWT {pct(bwt)}, bytes {nbytes:,} = "
+                f"{100 * nbytes / lora_bytes:.2f}% of lora's")
     for name in ("shared-a-lora", "shared-b-lora(B frozen)", "shared-b-lora(B trained)"):
         if lora is not None and name in m:
             acc, nbytes = mean(name), m[name]["per_task_bytes"]
@@ -332,6 +338,12 @@ def merge(paths: list[Path], out: Path) -> None:
                 if clash:
                     raise SystemExit(f"--merge: row {name} has seed(s) {sorted(clash)} twice; merge disjoint seeds")
                 target["seeds"].update(e["seeds"])
+    rank = {r.name: i for i, r in enumerate(ROWS)}  # the bench's own row order, whatever the files' order
+    for name, entry in merged["methods"].items():  # the current wording of a row's note, if it ran as defined now
+        row = ROWS[rank[name]] if name in rank else None
+        if row and (entry.get("method"), entry.get("config"), entry.get("spec")) == (row.method, row.config, row.spec):
+            entry["note"] = row.note
+    merged["methods"] = dict(sorted(merged["methods"].items(), key=lambda kv: rank.get(kv[0], len(rank))))
     merged["settings"]["seeds"] = sorted({int(k) for e in merged["methods"].values() for k in e.get("seeds", {})})
     write_report(merged, out)
     print(f"wrote {out} and {out.with_suffix('.md')}")
@@ -465,7 +477,12 @@ NOTES = [
     "(order 1 dev ACC: f_in/f_out trained by every task, lr 5e-3, random head 52.0; frozen after task 1 with a "
     "probe-started head at lr 1e-3 62.0, 5e-3 63.8, 2e-2 15.8; per-task LoRA 64.5; LoRA with a probe-started "
     "head 62.5, so LoRA keeps its random head) and the router (bench/routing.py --split dev: layer 4 best, "
-    "97.5%). Inherited from earlier runs that looked at test accuracies (not re-chosen here; each row's setting "
+    "97.5%). Tried on dev and not taken (same protocol, seed 0; per-task LoRA 65.0 in that run, task-embedding "
+    "as shipped 63.8): task-embedding with FiLM conditioning (e_i also scaling and shifting f_in's units) 61.5 "
+    "at bottleneck 64 and 59.5 at 256; e_i at 10x the LR 59.5 (59.7 with FiLM); d_e 512 62.2; shared-B LoRA "
+    "(B frozen) at lr 1e-2 56.8. The warm-start margin (related_margin 0.1): taking the nearest trained task "
+    "always gave ACC 62.3 (amazon from dbpedia: 28.7 against 40.7 fresh); with the margin amazon starts fresh, "
+    "yelp from amazon and agnews from dbpedia: 66.2, FWT +5.6. Inherited from earlier runs that looked at test accuracies (not re-chosen here; each row's setting "
     "is the same for every seed): lr 5e-3 for adapters, seq-ft 2e-4, EWC λ=1e4, O-LoRA λ1=0.5 (the paper's), "
     "replay 50 per task, the progressive-unfreezing schedule.",
     "Replay: 50 examples per finished task; each batch carries as many replayed examples as new ones, each "
