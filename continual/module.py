@@ -52,13 +52,18 @@ class SlotTraining(L.LightningModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
+    def lr_scales(self) -> dict[int, float]:
+        """id(param) -> LR factor for parameters the adapter kind wants trained faster or slower."""
+        return {}
+
     def configure_optimizers(self):
         trainable = {id(p) for p in self.trainable_parameters()}
         named = [(n, p) for n, p in self.model.named_parameters() if id(p) in trainable]
         layer_of, num_layers = (layer_index(self.model.encoder) if self.config.layer_lr_decay != 1.0
                                 else ({}, 0))
         groups = param_groups(named, self.config.learning_rate, self.config.weight_decay, layer_of=layer_of,
-                              num_layers=num_layers, layer_lr_decay=self.config.layer_lr_decay)
+                              num_layers=num_layers, layer_lr_decay=self.config.layer_lr_decay,
+                              lr_scale_of=self.lr_scales())
         optimizer = build_optimizer(groups, self.config)
         scheduler = build_scheduler(optimizer, self.config, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -85,6 +90,9 @@ class AdapterClassifier(SlotTraining):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return self.model.trainable_parameters(self.slot)
+
+    def lr_scales(self) -> dict[int, float]:
+        return self.model.lr_scales(self.slot)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         return self.model(self.slot, input_ids, attention_mask, **extra)  # (B, num_labels)

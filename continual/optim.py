@@ -17,28 +17,32 @@ def decays(name: str, p: torch.nn.Parameter) -> bool:
 
 def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
                  layer_of: dict[int, int] | None = None, num_layers: int = 0,
-                 layer_lr_decay: float = 1.0) -> list[dict]:
+                 layer_lr_decay: float = 1.0, lr_scale_of: dict[int, float] | None = None) -> list[dict]:
     """Optimizer groups: weights decay, biases and norms don't (standard transformer practice).
 
     With `layer_of` (id(param) -> encoder layer index, see `layer_index`) and `layer_lr_decay` < 1,
     a parameter in layer i trains at lr * layer_lr_decay ** (num_layers - 1 - i): the top layer at the
     full LR, each layer below it one factor lower (Clark et al. 2020, ELECTRA).  Parameters outside
     the layers (heads, embeddings-level prompts, adapter modules kept beside the encoder) keep lr.
-    Each group carries a `name` ("layer3/decay", "other/no_decay") for per-group diagnostics.
+    `lr_scale_of` (id(param) -> factor, from the adapter kind: e.g. a task embedding's few numbers) multiplies
+    those parameters' LR on top.  Each group carries a `name` ("layer3/decay", "other/no_decay",
+    "other/no_decay/x10") for per-group diagnostics.
     """
-    buckets: dict[tuple[int | None, bool], list] = {}
+    lr_scale_of = lr_scale_of or {}
+    buckets: dict[tuple[int | None, bool, float], list] = {}
     for name, p in named:
         layer = layer_of.get(id(p)) if layer_of and layer_lr_decay != 1.0 else None
-        buckets.setdefault((layer, decays(name, p)), []).append(p)
+        buckets.setdefault((layer, decays(name, p), lr_scale_of.get(id(p), 1.0)), []).append(p)
     groups = []
     # Stable order, full-LR groups first (progressive unfreezing reads the base LR from group 0): the rest
     # (heads, ...), then layers top-down; decaying weights before the others in each.
-    order = sorted(buckets, key=lambda key: (key[0] is not None, -(key[0] or 0), not key[1]))
-    for layer, decay in order:
-        params = buckets[(layer, decay)]
-        scale = 1.0 if layer is None else layer_lr_decay ** (num_layers - 1 - layer)
+    order = sorted(buckets, key=lambda key: (key[0] is not None, -(key[0] or 0), not key[1], key[2] != 1.0))
+    for layer, decay, factor in order:
+        params = buckets[(layer, decay, factor)]
+        scale = factor * (1.0 if layer is None else layer_lr_decay ** (num_layers - 1 - layer))
+        name = f"{'other' if layer is None else f'layer{layer}'}/{'decay' if decay else 'no_decay'}"
         groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale,
-                       "name": f"{'other' if layer is None else f'layer{layer}'}/{'decay' if decay else 'no_decay'}"})
+                       "name": name + (f"/x{factor:g}" if factor != 1.0 else "")})
     return groups
 
 

@@ -107,6 +107,10 @@ class AdapterModel(nn.Module):
         info = self.slots[slot]
         return get_kind(info.kind).trainable_parameters(self, slot) + list(self.heads[slot].parameters())
 
+    def lr_scales(self, slot: str) -> dict[int, float]:
+        """id(param) -> LR factor the slot's adapter kind asks for (the others train at the configured LR)."""
+        return get_kind(self.slots[slot].kind).lr_scales(self, slot)
+
     def embed(self, slot: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         """Pooled sentence representation (B, H) of the inputs under `slot`'s adapter."""
         self.activate(slot)

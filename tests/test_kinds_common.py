@@ -4,7 +4,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling.kinds import (
-    KINDS, BottleneckConfig, FullConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig, get_kind,
+    KINDS, BottleneckConfig, FullConfig, KindError, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig,
+    get_kind,
 )
 from modeling.model import AdapterModel, mean_pool
 from tiny import kind_configs, perturb, tiny_model
@@ -132,3 +133,32 @@ def test_hooks_on_a_shared_base_encoder_go_away_with_their_model():
         plain = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(out, mean_pool(plain, mask))  # nothing of the dead model's slots leaked in
     assert count() < with_hooks
+
+
+@pytest.mark.parametrize("kind,config", [
+    ("task-embedding", lambda **kw: TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4, **kw)),
+    ("shared-b-lora", lambda **kw: SharedLoraConfig(r=2, **kw)),
+])
+def test_shared_lr_scale_slows_only_a_later_tasks_shared_part(kind, config):
+    """shared_lr_scale: with train_shared, a later task trains the group's shared part at LR x the factor;
+    the group's first task (which creates it) and every task's own part keep the full LR."""
+    from continual.config import TrainConfig
+    from continual.module import AdapterClassifier
+
+    model = tiny_model()
+    for slot in ("t1", "t2"):
+        model.add_slot(slot, kind, config(train_shared=True, shared_lr_scale=0.1), ("a", "b"))
+    shared = {id(p) for p in get_kind(kind).layers(model).shared["default"].parameters()}
+
+    def lr_of(slot: str) -> dict[int, float]:
+        optimizer = AdapterClassifier(model, slot, TrainConfig(learning_rate=1e-3), total_steps=4) \
+            .configure_optimizers()["optimizer"]
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # group 0 at the base LR (unfreezing reads it)
+        return {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+
+    assert all(lr == pytest.approx(1e-3) for lr in lr_of("t1").values())
+    later = lr_of("t2")
+    assert shared <= set(later)
+    assert all(later[i] == pytest.approx(1e-4 if i in shared else 1e-3) for i in later)
+    with pytest.raises(KindError, match=r"shared_lr_scale=0 must be in \(0, 1\]"):
+        config(shared_lr_scale=0)

@@ -60,9 +60,15 @@ class SharedPartSettings(KindConfig):
     # Keep training the shared part with every new task of the group (earlier tasks may then forget);
     # False freezes it after the group's first task, which leaves earlier tasks bit-identical.
     train_shared: bool = True
+    # With train_shared, a later task trains the shared part at learning_rate x this (its own part at the
+    # full rate): the shared part moves slowly, so earlier tasks forget little (the group's first task, which
+    # creates the shared part, trains it at the full rate)
+    shared_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 < self.shared_lr_scale <= 1:
+            raise KindError(f"shared_lr_scale={self.shared_lr_scale} must be in (0, 1]; set --set shared_lr_scale=0.1")
         # "." would split a ModuleDict key; the registry names the shared part "<kind>--<group>".
         if not self.share_group or "." in self.share_group:
             raise KindError(f"share_group={self.share_group!r} must be a non-empty name without '.'; "
@@ -137,6 +143,10 @@ class AdapterKind(ABC):
         """Closed-form count of per-task adapter parameters (head excluded), for a base config."""
 
     # --- defaults a kind may override -------------------------------------------------------------
+
+    def lr_scales(self, model: "AdapterModel", slot: str) -> dict[int, float]:
+        """id(param) -> factor on the learning rate for some of `slot`'s trainable parameters (none by default)."""
+        return {}
 
     def encode(
         self, model: "AdapterModel", slot: str, inputs: dict[str, torch.Tensor]

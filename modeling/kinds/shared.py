@@ -128,6 +128,13 @@ class SharedPartKind(AdapterKind):
             params += list(layers.shared[group].parameters())
         return params
 
+    def lr_scales(self, model: "AdapterModel", slot: str) -> dict[int, float]:
+        layers = self.layers(model)
+        config, group = layers.slot_config[slot], layers.group_of(slot)
+        if not config.train_shared or layers.group_first.get(group) == slot or config.shared_lr_scale == 1.0:
+            return {}
+        return {id(p): config.shared_lr_scale for p in layers.shared[group].parameters()}
+
     def share_group_of(self, config: KindConfig) -> str:
         assert isinstance(config, SharedPartSettings)
         return config.share_group
