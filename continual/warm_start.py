@@ -31,6 +31,11 @@ def related_sources(registry: AdapterRegistry, task: str, margin: float) -> tupl
     related = registry.related(task, k=len(registry.tasks()))
     if not related:
         return [], "no other task is registered"
+    if len(related) == 1 and margin >= 0:  # no mean to beat: the profiles of two tasks, centred, point apart
+        warnings.warn(f"only one other task ({related[0].task}) is registered, so how related it is can't be "
+                      f"judged; starting '{task}' from it anyway (register more tasks, or --init-from none)",
+                      ContinualWarning, stacklevel=3)
+        return [related[0].task], ""
     mean = sum(r.score for r in related) / len(related)
     close = [r.task for r in related if margin < 0 or r.score - mean >= margin]
     nearest = related[0]

@@ -274,7 +274,7 @@ def test_cli_run_bad_file_is_one_red_line(tmp_path):
 def test_init_from_related_warm_starts_from_the_nearest_trained_task_and_probes_transfer(reg, demo_files,
                                                                                           tiny_base_dir):
     names = register(reg, demo_files, "warm", n=2)
-    # related_margin=-1: take the nearest task however far (two registered tasks: nothing to compare it with)
+    # related_margin=-1: take the nearest task however far
     result = run_sequence(reg, spec_for(names, base=tiny_base_dir, name="warm", init_from="related",
                                         linear_probe=True, method="lora",
                                         config={**CONFIG, "related_margin": -1.0}))
@@ -290,15 +290,25 @@ def test_init_from_related_warm_starts_from_the_nearest_trained_task_and_probes_
 
 
 def test_init_from_related_starts_fresh_below_related_margin(new_registry, demo_files, tiny_base_dir):
-    reg = new_registry("far-store")  # only these two tasks: the module's store holds copies of them
-    names = register(reg, demo_files, "far", n=2)
-    # the only other task is exactly as related as the mean, below the default margin of 0.1
-    with pytest.warns(ContinualWarning, match=r"no registered task is related enough \(nearest: far-\S+, \+0.00 above"):
-        result = run_sequence(reg, spec_for(names, base=tiny_base_dir, name="far", init_from="related"))
+    reg = new_registry("far-store")  # only these tasks: the module's store holds copies of them
+    names = register(reg, demo_files, "far", n=3)
+    config = {**CONFIG, "related_margin": 2.0}  # no cosine beats the mean by 2
+    with pytest.warns(ContinualWarning, match=r"no registered task is related enough \(nearest: far-"):
+        result = run_sequence(reg, spec_for(names[:2], base=tiny_base_dir, name="far", init_from="related",
+                                            config=config))
     assert result.matrix.init_from == [None, None]
     assert "parent_adapter" not in reg.resolve(names[1], include_experiments=True).tags
     with pytest.raises(SequenceError, match="related_margin"):
         spec_for(names, config={**CONFIG, "related_margin": 3}).train_config()
+
+
+def test_init_from_related_with_two_registered_tasks_takes_the_other_and_says_why(new_registry, demo_files,
+                                                                                 tiny_base_dir):
+    reg = new_registry("pair-store")
+    names = register(reg, demo_files, "pair", n=2)
+    with pytest.warns(ContinualWarning, match=r"only one other task \(pair-\S+\) is registered, so how related"):
+        result = run_sequence(reg, spec_for(names, base=tiny_base_dir, name="pair", init_from="related"))
+    assert result.matrix.init_from == [None, f"{names[0]}:1"]
 
 
 def test_init_from_related_is_refused_for_baselines(reg):

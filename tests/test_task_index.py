@@ -8,6 +8,7 @@ from continual.config import TrainConfig
 from continual.train import train_task
 from continual.warm_start import WarmStartError
 from registry import AdapterRegistry, Related, RegistryError, Route
+from tasks.errors import ContinualWarning
 
 FAST = TrainConfig(max_steps=2, batch_size=8, max_length=32, eval_batch_size=32)
 
@@ -108,3 +109,6 @@ def test_related_sources_keep_only_tasks_clearly_above_the_mean_cosine():
     close, why = related_sources(fake, "dbpedia", 0.1)
     assert close == [] and "nearest: agnews, +0.01 above the mean cosine, below related_margin=0.1" in why
     assert related_sources(fake, "dbpedia", -1)[0] == ["agnews", "amazon", "yelp"]
+    pair = SimpleNamespace(related=lambda task, k: [Related("yelp", -1.0)], tasks=lambda: [1, 2])
+    with pytest.warns(ContinualWarning, match="only one other task \\(yelp\\) is registered"):
+        assert related_sources(pair, "amazon", 0.1)[0] == ["yelp"]
