@@ -344,6 +344,8 @@ def merge(paths: list[Path], out: Path) -> None:
         if row and (entry.get("method"), entry.get("config"), entry.get("spec")) == (row.method, row.config, row.spec):
             entry["note"] = row.note
     merged["methods"] = dict(sorted(merged["methods"].items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    merged["settings"]["commit"] = ", ".join(sorted({str(r["settings"].get("commit")) for r in reports}))
+    merged["settings"]["notes"] = NOTES  # notes may be reworded between runs (they are not part of the protocol)
     merged["settings"]["seeds"] = sorted({int(k) for e in merged["methods"].values() for k in e.get("seeds", {})})
     write_report(merged, out)
     print(f"wrote {out} and {out.with_suffix('.md')}")
