@@ -145,8 +145,8 @@ def per_task_bytes(row: Row, config: dict) -> int | None:
     from modeling.base_model import load_base_model
     from modeling.kinds import KINDS, get_kind
 
-    if row.method not in KINDS:
-        return None
+    if row.method not in KINDS or row.config.get("unfreeze_schedule"):
+        return None  # progressive unfreezing saves the base layers it trained with the adapter: not comparable
     kind = get_kind(row.method)
     kind_config = kind.make_config({**TrainConfig().flat(), **config, **row.config})
     return 4 * kind.per_task_parameter_count(kind_config, load_base_model().encoder.config)
@@ -343,6 +343,8 @@ def merge(paths: list[Path], out: Path) -> None:
         row = ROWS[rank[name]] if name in rank else None
         if row and (entry.get("method"), entry.get("config"), entry.get("spec")) == (row.method, row.config, row.spec):
             entry["note"] = row.note
+            if "seeds" in entry:
+                entry["per_task_bytes"] = per_task_bytes(row, first["settings"]["config"])
     merged["methods"] = dict(sorted(merged["methods"].items(), key=lambda kv: rank.get(kv[0], len(rank))))
     merged["settings"]["commit"] = ", ".join(sorted({str(r["settings"].get("commit")) for r in reports}))
     merged["settings"]["notes"] = NOTES  # notes may be reworded between runs (they are not part of the protocol)
@@ -491,6 +493,8 @@ NOTES = [
     "replay 50 per task, the progressive-unfreezing schedule.",
     "Replay: 50 examples per finished task; each batch carries as many replayed examples as new ones, each "
     "through its own task's head.",
+    "Seconds: each row's wall time under whatever load the machine carried when it ran (rows and seeds ran at "
+    "different times, some beside other jobs); not a speed comparison, bench/train_throughput.py is one.",
     "FWT: a task's fresh slot has a random head, so R[j-1][j] and b[j] are both near chance; isolated kinds give "
     "exactly 0 (same fresh slot, untouched model).",
 ]
