@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cl_benchmark.py --data-dir ../shared/data/cl_benchmark --out bench/results/cl_order1.json
         [--order 1|2|3] [--quick] [--methods lora,seq-lora,...] [--threads N] [--seeds N [--first-seed K]]
-        [--split test|dev]
+        [--split test|dev] [--set KEY=VALUE ...]
     .venv/bin/python bench/cl_benchmark.py --merge part1.json part2.json --out all.json   # seeds run apart
 
 Protocol (docs/design.md, "Measuring honestly"): every setting in ROWS and COMMON was chosen with
