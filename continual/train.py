@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import lightning as L
 import torch
-from torch import nn
 
 from continual.augment import AugmentedDataset, parse_augment
 from continual.config import ConfigError, TrainConfig

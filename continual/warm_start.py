@@ -1,10 +1,11 @@
 """Warm start: initialise a new task's adapter from a related task's registered adapter.
 
 `--init-from auto` takes the nearest related task (registry.related) that has an adapter of the
-same kind and is related enough (`related_margin`, a TrainConfig setting: a task unlike every registered one
-starts fresh, since a distant task's adapter can be a worse start than a random one); `--init-from TASK` names it; `none` trains from scratch.  The adapter weights are
-copied when their shapes fit; the head is copied only when the label sets are identical (same
-classes in the same order), otherwise it starts fresh.  The lineage goes into the version's tags.
+same kind and is related enough (`related_margin`, a TrainConfig setting: a task unlike every registered
+one starts fresh, since a distant task's adapter can be a worse start than a random one); `--init-from
+TASK` names it; `none` trains from scratch.  The adapter weights are copied when their shapes fit;
+the head is copied only when the label sets are identical (same classes in the same order), otherwise
+it starts fresh.  The lineage goes into the version's tags.
 """
 from __future__ import annotations
 

@@ -38,6 +38,10 @@ class SharedPartLayers(HookedLayers):
     def group_of(self, slot: str) -> str:
         return self.slot_config[slot].share_group
 
+    def made_shared(self, slot: str) -> bool:
+        """Whether `slot` made its group's shared part (and so trains it at the full rate, whatever its settings)."""
+        return self.group_first.get(self.group_of(slot)) == slot
+
 
 class SharedPartKind(AdapterKind):
     """Base of the kinds whose slots share a part per share group."""
@@ -122,18 +126,17 @@ class SharedPartKind(AdapterKind):
 
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
         layers = self.layers(model)
-        config, group = layers.slot_config[slot], layers.group_of(slot)
         params = self.own_parameters(layers, slot)
-        if config.train_shared or layers.group_first.get(group) == slot:
-            params += list(layers.shared[group].parameters())
+        if layers.slot_config[slot].train_shared or layers.made_shared(slot):
+            params += list(layers.shared[layers.group_of(slot)].parameters())
         return params
 
     def lr_scales(self, model: "AdapterModel", slot: str) -> dict[int, float]:
         layers = self.layers(model)
-        config, group = layers.slot_config[slot], layers.group_of(slot)
-        if not config.train_shared or layers.group_first.get(group) == slot or config.shared_lr_scale == 1.0:
+        config = layers.slot_config[slot]
+        if not config.train_shared or layers.made_shared(slot) or config.shared_lr_scale == 1.0:
             return {}
-        return {id(p): config.shared_lr_scale for p in layers.shared[group].parameters()}
+        return {id(p): config.shared_lr_scale for p in layers.shared[layers.group_of(slot)].parameters()}
 
     def share_group_of(self, config: KindConfig) -> str:
         assert isinstance(config, SharedPartSettings)
