@@ -368,21 +368,22 @@ def git_commit() -> str | None:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`--set KEY=VALUE` items as a dict, each value read as YAML (numbers, booleans, strings)."""
-    import yaml
+    """`--set KEY=VALUE` items as a dict, by the CLI's own parser (continual.config.parse_overrides).  The
+    report records them, so 1e3 or 2e-3 (strings to YAML 1.1; TrainConfig would coerce them anyway) are
+    recorded as the numbers they are."""
+    from continual.config import ConfigError
+    from continual.config import parse_overrides as parse_set
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--set {item!r}: write KEY=VALUE, e.g. --set related_margin=-1")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e3 or 2e-3 as a string: a number was meant
+    try:
+        out = parse_set(items)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
+    for key, value in out.items():
+        if isinstance(value, str):
             try:
-                parsed = float(parsed)
+                out[key] = float(value)
             except ValueError:
                 pass
-        out[key.strip()] = parsed
     return out
 
 
