@@ -115,10 +115,21 @@ def check_base_for_task(spec: TaskSpec, base: BaseModel) -> None:
         )
 
 
+def resolved_head_init(kind: str, head_init: str, head_copied: bool = False) -> str:
+    """How training starts the head: `head_init`, or for `auto` the kind's default_head_init, except that a
+    head a warm start copied (same label set, so it already answers this task) is kept as it is."""
+    if head_init != "auto":
+        return head_init
+    return "fresh" if head_copied else get_kind(kind).default_head_init
+
+
 def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfig, train: list[Example],
              dev: list[Example], *, logger=None, show_progress: bool = False, extra_loss=None,
-             callbacks: list | None = None) -> tuple[int, float | None]:
-    """Train `slot` of `model` in place; returns (optimizer steps, best dev accuracy or None)."""
+             callbacks: list | None = None, head_copied: bool = False) -> tuple[int, float | None]:
+    """Train `slot` of `model` in place; returns (optimizer steps, best dev accuracy or None).
+
+    `head_copied`: a warm start copied the slot's head from a task with the same labels (head_init=auto keeps it).
+    """
     apply_num_threads(config.num_threads)  # here, not only in train_task: every caller trains with the set threads
     if getattr(model, "is_causal_lm", False):  # a decoder: completion tokens (continual.lm_training)
         from continual.lm_training import fit_lm_slot
@@ -129,8 +140,7 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
         return fit_lm_slot(model, slot, config, train, dev, logger=logger, show_progress=show_progress,
                            extra_loss=extra_loss, callbacks=callbacks)
     labels = model.slots[slot].labels
-    head_init = get_kind(model.slots[slot].kind).default_head_init if config.head_init == "auto" else config.head_init
-    if head_init == "probe":
+    if resolved_head_init(model.slots[slot].kind, config.head_init, head_copied) == "probe":
         from continual.probe import init_head_by_probe
 
         init_head_by_probe(model, slot, base.tokenizer, train, config.max_length, config.resolved_precision, config.seed)
@@ -234,7 +244,8 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
 
     def fit(run) -> tuple[int, float | None]:
         return fit_slot(model, slot, base, config, train, data.dev, show_progress=show_progress,
-                        logger=mlflow_logger(run) if run is not None else None)
+                        logger=mlflow_logger(run) if run is not None else None,
+                        head_copied=extra_tags.get(T.WARM_START_HEAD) == "copied")
 
     outcome = run_training(registry, fit, model=model, slot=slot, base=base, config=config, data=data,
                            run_name=f"train-{task}", tags={T.RUN_TASK: task, T.ADAPTER_KIND: method},

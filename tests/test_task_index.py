@@ -62,6 +62,21 @@ def test_warm_start_copies_adapter_and_records_lineage(reg, tiny_base_dir):
     assert all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
 
 
+def test_warm_start_keeps_the_copied_head_of_a_same_label_task(new_registry, tiny_base_dir):
+    """task-embedding starts its head by a linear probe (head_init=auto), but a head copied from a task with
+    the same labels already answers the task: training starts from it, as the lineage tag says."""
+    import dataclasses
+
+    reg = new_registry("head-copy-store", demo_sizes={"train": 32, "dev": 8, "test": 8})
+    reg.register_task(dataclasses.replace(reg.task("demo-topic"), name="demo-topic-again", fingerprint=""))
+    source = train_task(reg, "demo-topic", FAST, method="task-embedding", base_model=str(tiny_base_dir))
+    warm = train_task(reg, "demo-topic-again", FAST.replace(max_steps=1, learning_rate=1e-9), method="task-embedding",
+                      base_model=str(tiny_base_dir), init_from="demo-topic")
+    assert warm.version.tags["warm_start_head"] == "copied"
+    src, got = source.model.heads[source.slot], warm.model.heads[warm.slot]
+    assert (src.weight - got.weight).abs().max() < 1e-6 and (src.bias - got.bias).abs().max() < 1e-6
+
+
 def test_warm_start_errors(reg, tiny_base_dir):
     with pytest.raises(WarmStartError, match="names the task being trained"):
         train_task(reg, "demo-intent", FAST, base_model=str(tiny_base_dir), init_from="demo-intent")
