@@ -46,7 +46,8 @@ class TrainConfig:
     eval_batch_size: int = 64  # batch size for dev/test evaluation
     train_limit: int = 0  # use at most this many training examples (0: all), the same ones each run
     # fresh: a random head; probe: LP-FT, the head starts as a linear probe on the slot's frozen features;
-    # auto: the adapter kind's choice (probe for task-embedding, fresh for the others; chosen on dev splits)
+    # auto: the adapter kind's choice (probe for task-embedding and shared-b-lora, fresh for the others; chosen
+    # on dev splits), and a head a warm start copied from a task with the same labels is kept
     head_init: str = "auto"
     # shared kinds (shared-b-lora, shared-a-lora, task-embedding): the share group's version to start from
     # (0: the group's current one; the group's first training creates version 1)

@@ -58,3 +58,18 @@ def test_head_init_probe_starts_the_head_where_a_linear_probe_fits(tiny_base_dir
     assert accuracy(model, "t", base.tokenizer, examples, max_length=16) >= max(0.9, fresh + 0.2)
     assert model.heads["t"].weight.shape == (2, model.hidden_size)
     assert all(torch.equal(p, adapter_before[n]) for n, p in model.named_parameters() if "lora" in n)
+
+
+def test_head_init_auto_follows_the_kind_and_keeps_a_head_a_warm_start_copied():
+    """auto: LP-FT for the kinds whose per-task part is small (chosen on dev), a random head for LoRA; a head
+    copied from a task with the same labels already answers the task, so auto keeps it, while an explicit
+    head_init wins over both."""
+    from continual.train import resolved_head_init
+
+    assert resolved_head_init("lora", "auto") == "fresh"
+    assert resolved_head_init("task-embedding", "auto") == "probe"
+    assert resolved_head_init("shared-b-lora", "auto") == "probe"
+    assert resolved_head_init("shared-a-lora", "auto") == "fresh"
+    assert resolved_head_init("task-embedding", "auto", head_copied=True) == "fresh"
+    assert resolved_head_init("task-embedding", "probe", head_copied=True) == "probe"
+    assert resolved_head_init("lora", "probe") == "probe"
