@@ -79,12 +79,12 @@ ROWS = [
         "by a linear probe"),
     Row("shared-a-lora", "shared-a-lora", {}, "shared-a-lora", "one A trained with every task, B per task"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
-        "B trained with task 1 only, then frozen"),
+        "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
-        "one B trained with every task, A per task"),
+        "one B trained with every task, A per task; head started by a linear probe (the kind's default)"),
     Row("task-embedding(warm start)", "task-embedding", {}, "task-embedding",
-        "task-embedding, each task's e_i (and head, for equal label sets) started from its nearest related "
-        "trained task's (init_from: related, related_margin 0.1)", spec={"init_from": "related", "linear_probe": True}),
+        "task-embedding, each task's e_i (and head, for equal label sets, kept as copied) started from its "
+        "nearest related trained task's (init_from: related, related_margin 0.1)", spec={"init_from": "related", "linear_probe": True}),
     Row("lora(warm start)", "lora", note="each task starts from its nearest trained task's LoRA where that task is "
         "related enough (init_from: related, related_margin 0.1); the head too where the label sets are equal", spec={"init_from": "related", "linear_probe": True}),
     Row("lora(routed)", "lora", note="per-task LoRA, every test input routed to a task by the FAISS router "
