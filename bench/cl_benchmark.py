@@ -508,7 +508,10 @@ NOTES = [
     "shared-A LoRA's head: random 62.9 ± 0.3 (kept), probe 61.0 ± 0.4.  Not taken: shared-B's shared factor "
     "initialised at peft lora_A's scale (bound 1/sqrt(d_in)) instead of kaiming on its own fan-in r, 60.9 ± 0.7; "
     "task-embedding with the query projection among its sites 60.9 ± 1.8, bottleneck 32 61.7 ± 0.2, bottleneck "
-    "128 60.9 ± 0.2.  On seed 0 only (task-embedding as shipped 63.8): the shared adapter's f_out(σ(f_in(h))) "
+    "128 60.9 ± 0.2, f_in/f_out trained by the group's first two tasks (then frozen) 61.2 ± 0.9 (amazon, which "
+    "trained them, 33.1 against 33.6 as shipped and per-task LoRA's 39.4), f_in reading the input of the query "
+    "and value projections, a parallel adapter at LoRA's sites, 61.4 ± 0.9.  Order 3 (yelp first), seeds 0 and "
+    "1: yelp, whose training made the shared part, 39.3 / 38.0 against LoRA's 46.7 / 37.3.  On seed 0 only (task-embedding as shipped 63.8): the shared adapter's f_out(σ(f_in(h))) "
     "switched off for later tasks, leaving e_i's shift, 62.3; that term gated per task and site 63.5; the query "
     "and FFN-intermediate sites added 62.8; shared-B at lr 2e-3 56.0 (dbpedia 70.7).",
     "Replay: 50 examples per finished task; each batch carries as many replayed examples as new ones, each "
