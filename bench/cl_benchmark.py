@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cl_benchmark.py --data-dir ../shared/data/cl_benchmark --out bench/results/cl_order1.json
         [--order 1|2|3] [--quick] [--methods lora,seq-lora,...] [--threads N] [--seeds N [--first-seed K]]
-        [--split test|dev] [--set KEY=VALUE ...]
+        [--split test|dev|fresh-test] [--scored-examples N] [--set KEY=VALUE ...]
     .venv/bin/python bench/cl_benchmark.py --merge part1.json part2.json --out all.json   # seeds run apart
 
 Protocol (docs/design.md, "Measuring honestly"): every setting in ROWS and COMMON was chosen with
@@ -106,7 +106,8 @@ def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Pa
     """Subsampled copies of each task's splits, as TaskSpecs.  The training examples depend on `train_seed`;
     the early-stopping dev examples and the scored examples never do (every seed scores the same ones).
     split "test": the scored examples come from test.jsonl; "dev": from dev.jsonl, disjoint from the
-    early-stopping ones (choosing settings never looks at test)."""
+    early-stopping ones (choosing settings never looks at test); "fresh-test": from test.jsonl, disjoint from
+    the examples "test" scores at the default size (a replication on examples no reported figure has seen)."""
     from continual.data import subsample
     from tasks.loaders import build_spec
 
@@ -125,6 +126,10 @@ def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Pa
         if split == "dev":
             taken = set(early)
             scored = subsample([l for l in dev_lines if l not in taken], sizes["test"], 0)
+        elif split == "fresh-test":  # a replication: none of the test examples the reported runs scored
+            test_lines = lines("test")
+            reported = set(subsample(test_lines, SIZES["default"]["test"], 0))
+            scored = subsample([l for l in test_lines if l not in reported], sizes["test"], 0)
         else:
             scored = subsample(lines("test"), sizes["test"], 0)
         kept = {"train": subsample(lines("train"), sizes["train"], train_seed), "dev": early, "test": scored}
@@ -395,8 +400,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny subsample: a few minutes in all")
     parser.add_argument("--methods", help=f"comma-separated rows (default: all): {', '.join(r.name for r in ROWS)}")
     parser.add_argument("--tasks", help="comma-separated tasks instead of the order's sequence (for measurements)")
-    parser.add_argument("--split", choices=["test", "dev"], default="test",
-                        help="which examples fill R: test (report) or held-out dev examples (choosing settings)")
+    parser.add_argument("--split", choices=["test", "dev", "fresh-test"], default="test",
+                        help="which examples fill R: test (report), held-out dev examples (choosing settings), or "
+                             "test examples the default test sample does not hold (replicating a report)")
+    parser.add_argument("--scored-examples", type=int, metavar="N",
+                        help=f"examples scored per cell of R (default {SIZES['default']['test']}, "
+                             f"--quick {SIZES['quick']['test']})")
     parser.add_argument("--seeds", type=int, default=1, help="repeat every row with this many seeds (default 1)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (to split seeds over processes)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -436,7 +445,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_overrides(args.overrides)
     rows = [replace(r, config={**r.config, **overrides}) for r in rows]
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else ORDERS[args.order]
-    sizes = SIZES["quick" if args.quick else "default"]
+    sizes = dict(SIZES["quick" if args.quick else "default"])
+    if args.scored_examples is not None:
+        if args.scored_examples < 1:
+            parser.error(f"--scored-examples {args.scored_examples}: give at least 1")
+        sizes["test"] = args.scored_examples
     config = {**COMMON, **(QUICK if args.quick else {}), "precision": args.precision}
     hardware = detect()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))

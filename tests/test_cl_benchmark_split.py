@@ -1,0 +1,55 @@
+"""The bench's scored samples: a replication (`--split fresh-test`) never scores an example the reported test
+runs scored, and choosing settings (`--split dev`) never scores an early-stopping example."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("cl_benchmark_under_test", ROOT / "bench" / "cl_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def fake_task(folder: Path, name: str, n: int) -> None:
+    d = folder / name
+    d.mkdir(parents=True)
+    (d / "labels.json").write_text(json.dumps(["a", "b"]))
+    for split in ("train", "dev", "test"):
+        rows = [json.dumps({"text": f"{name} {split} example {i}", "label": "ab"[i % 2]}) for i in range(n)]
+        (d / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def scored(bench, data: Path, out: Path, split: str, n: int) -> set[str]:
+    sizes = {**bench.SIZES["default"], "test": n}
+    (spec,) = bench.write_tasks(data, ["toy"], sizes, out, split)
+    return {json.loads(l)["text"] for l in Path(spec.test).read_text().splitlines()}
+
+
+def test_fresh_test_is_disjoint_from_the_reported_test_sample(bench, tmp_path):
+    fake_task(tmp_path / "data", "toy", 400)
+    reported = scored(bench, tmp_path / "data", tmp_path / "a", "test", bench.SIZES["default"]["test"])
+    fresh = scored(bench, tmp_path / "data", tmp_path / "b", "fresh-test", 200)
+    assert len(reported) == bench.SIZES["default"]["test"] and len(fresh) == 200
+    assert not reported & fresh
+    assert all(" test " in t for t in fresh)
+
+
+def test_dev_scoring_leaves_out_the_early_stopping_examples(bench, tmp_path):
+    fake_task(tmp_path / "data", "toy", 400)
+    (spec,) = bench.write_tasks(tmp_path / "data", ["toy"], bench.SIZES["default"], tmp_path / "a", "dev")
+    early = {json.loads(l)["text"] for l in Path(spec.dev).read_text().splitlines()}
+    held_out = {json.loads(l)["text"] for l in Path(spec.test).read_text().splitlines()}
+    assert early and held_out and not early & held_out
+    assert all(" dev " in t for t in held_out)
