@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -383,13 +384,10 @@ def parse_overrides(items: list[str]) -> dict:
         out = parse_set(items)
     except ConfigError as err:
         raise SystemExit(str(err)) from None
-    for key, value in out.items():
-        if isinstance(value, str):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-    return out
+    # Only what YAML 1.1 leaves a string although it is a number (an exponent without a dot): a name such as
+    # share_group=123 stays the string it is.
+    exponent = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+    return {k: float(v) if isinstance(v, str) and exponent.fullmatch(v) else v for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
-"""The bench's scored samples: a replication (`--split fresh-test`) never scores an example the reported test
-runs scored, and choosing settings (`--split dev`) never scores an early-stopping example."""
+"""Parts of bench/cl_benchmark.py that need no benchmark data: the scored samples (a replication with
+`--split fresh-test` never scores an example the reported test runs scored; choosing settings with `--split dev`
+never scores an early-stopping example) and how `--set` values are recorded."""
 from __future__ import annotations
 
 import importlib.util
@@ -53,3 +54,10 @@ def test_dev_scoring_leaves_out_the_early_stopping_examples(bench, tmp_path):
     held_out = {json.loads(l)["text"] for l in Path(spec.test).read_text().splitlines()}
     assert early and held_out and not early & held_out
     assert all(" dev " in t for t in held_out)
+
+
+def test_set_records_numbers_as_numbers_and_names_as_given(bench):
+    # YAML 1.1 reads 1e-3 as a string; the report must record the number.  A name stays what the CLI makes of it.
+    got = bench.parse_overrides(["learning_rate=1e-3", "ewc_lambda=1E4", "share_group=inf", "r=8"])
+    assert got == {"learning_rate": 1e-3, "ewc_lambda": 1e4, "share_group": "inf", "r": 8}
+    assert isinstance(got["r"], int)
