@@ -65,9 +65,10 @@ def pool(report: dict, replication: dict) -> dict:
 
 
 def fmt(x, se=None) -> str:
+    """A fraction as a percentage, with its SE when there is one."""
     if x is None:
         return "—"
-    return f"{100 * x:+.1f}" if se == "signed" else f"{100 * x:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
+    return f"{100 * x:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
 
 
 def markdown(result: dict) -> str:
@@ -85,7 +86,7 @@ def markdown(result: dict) -> str:
         for part in PARTS:
             p = row[part]
             cells += [fmt(p["acc"], p["acc_se"]), fmt(p["minus_lora_mean"], p["minus_lora_se"])]
-        per_seed = ", ".join(f"{k}: {fmt(v, 'signed')}" for k, v in sorted(row["pooled"]["minus_lora"].items(),
+        per_seed = ", ".join(f"{k}: {100 * v:+.1f}" for k, v in sorted(row["pooled"]["minus_lora"].items(),
                                                                            key=lambda kv: int(kv[0])))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} |")
     lines += ["", "| target (issue 9) | report | replication | pooled (the verdict) | pooled figures |",

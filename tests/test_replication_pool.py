@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def replication():
-    sys.path.insert(0, str(ROOT / "bench"))
+    # The script puts bench/ on sys.path itself, to import cl_benchmark's aggregate and criteria.
     spec = importlib.util.spec_from_file_location("replication_under_test", ROOT / "bench" / "replication.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(ROOT / "bench"))
+    return module
 
 
 def run(split: str, seeds: list[int], accs: dict[str, list[float]]) -> dict:
