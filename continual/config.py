@@ -49,7 +49,7 @@ class TrainConfig:
     # auto: the adapter kind's choice (probe for task-embedding and shared-b-lora, fresh for the others; chosen
     # on dev splits), and a head a warm start copied from a task with the same labels is kept
     head_init: str = "auto"
-    # shared kinds (shared-b-lora, shared-a-lora, task-embedding): the share group's version to start from
+    # shared kinds (shared-b-lora, shared-a-lora, task-embedding, hyper-lora): the share group's version to start from
     # (0: the group's current one; the group's first training creates version 1)
     shared_version: int = 0
     # warm starts (--init-from auto, init_from: related): a registered task is a source only when its cosine with

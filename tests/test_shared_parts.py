@@ -18,9 +18,9 @@ def reg(new_registry):
     return new_registry("shared-parts", demo_sizes={"train": 24, "dev": 8, "test": 8})
 
 
-def train(reg, base, task, *extra):
+def train(reg, base, task, *extra, method="shared-b-lora"):
     root = str(reg.tracking_uri.removeprefix("sqlite:///").rsplit("/", 1)[0])
-    result = runner.invoke(app, ["train", task, "--method", "shared-b-lora", "--base-model", str(base), *FAST, *extra,
+    result = runner.invoke(app, ["train", task, "--method", method, "--base-model", str(base), *FAST, *extra,
                                  "--store", root])
     return result
 
@@ -72,3 +72,30 @@ def test_bad_shared_version_and_mismatched_warm_start_get_one_line(reg, tiny_bas
     assert out.exit_code == 1 and "share_group" in out.output and len(out.output.strip().splitlines()) <= 2
     out = train(reg, tiny_base_dir, "demo-intent", "--set", "share_group=fresh", "--set", "shared_version=1")
     assert out.exit_code == 1 and "shared-b-lora--fresh has no version 1 (versions: none)" in out.output
+
+
+def test_hyper_lora_keeps_earlier_tasks_of_its_group_across_trainings(reg, tiny_base_dir):
+    """Each `continual train` of a hyper-lora group trains a bank column of its own (earlier tasks answer
+    bit-identically under the group's newest version); once the bank is full a task shares a column, and the
+    anchors that came with the shared part let the output regulariser keep the earlier task (without it, it moves)."""
+    hyper = ["--set", "max_steps=30", "--set", "learning_rate=0.01"]
+    assert train(reg, tiny_base_dir, "demo-topic", *hyper, method="hyper-lora").exit_code == 0
+    topic = reg.resolve("demo-topic")
+    assert topic.tags["shared_part"] == "hyper-lora--default:1"
+    before = probs(reg, topic.ref)
+    assert train(reg, tiny_base_dir, "demo-intent", *hyper, method="hyper-lora").exit_code == 0
+    assert reg.resolve("demo-intent").tags["shared_part"] == "hyper-lora--default:2"
+    torch.testing.assert_close(probs(reg, topic.ref, shared="current"), before, rtol=0, atol=0)
+
+    full = [*hyper, "--set", "share_group=full", "--set", "task_embedding_dim=1"]  # one column: later tasks share it
+    assert train(reg, tiny_base_dir, "demo-topic", *full, method="hyper-lora").exit_code == 0
+    before = probs(reg, reg.resolve("demo-topic").ref)
+    moved = {}
+    for task, strength in (("demo-intent", "100"), ("demo-sentiment", "0")):
+        out = train(reg, tiny_base_dir, task, *full, "--set", "shared_version=1", "--set", f"output_reg={strength}",
+                    method="hyper-lora")
+        assert out.exit_code == 0, out.output
+        version = int(reg.resolve(task).tags["shared_part"].rsplit(":", 1)[1])
+        assert reg.shared_part("hyper-lora", "full", version).state.keys() >= {"anchor.demo-topic", f"anchor.{task}"}
+        moved[strength] = float((probs(reg, reg.resolve("demo-topic").ref, shared="current") - before).abs().max())
+    assert moved["0"] > 3 * moved["100"], moved

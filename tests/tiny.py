@@ -25,7 +25,7 @@ def tiny_model(seed: int = 0, layers: int = 2, attn: str | None = None, **extra)
 def kind_configs() -> dict:
     """Small settings for every adapter kind (fresh objects each call: attach fills in defaults)."""
     from modeling.kinds import (
-        BottleneckConfig, FullConfig, LoraKindConfig, OsfConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig,
+        BottleneckConfig, FullConfig, HyperLoraConfig, LoraKindConfig, OsfConfig, PrefixConfig, PromptConfig, SharedLoraConfig, TaskEmbeddingConfig,
     )
 
     return {
@@ -33,6 +33,7 @@ def kind_configs() -> dict:
         "shared-b-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
         "shared-a-lora": SharedLoraConfig(r=2, lora_dropout=0.0),
         "task-embedding": TaskEmbeddingConfig(bottleneck=8, task_embedding_dim=4),
+        "hyper-lora": HyperLoraConfig(r=2, lora_dropout=0.0, task_embedding_dim=3),
         "adapter": BottleneckConfig(bottleneck=8),
         "prefix": PrefixConfig(num_virtual_tokens=3),
         "prompt": PromptConfig(num_virtual_tokens=3),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -147,6 +147,11 @@ class AdapterKind(ABC):
     def lr_scales(self, model: "AdapterModel", slot: str) -> dict[int, float]:
         """id(param) -> factor on the learning rate for some of `slot`'s trainable parameters (none by default)."""
         return {}
+
+    def regularizer(self, model: "AdapterModel", slot: str) -> Callable[[], torch.Tensor] | None:
+        """A term the kind adds to the loss while `slot` trains (a callable () -> scalar tensor, made when
+        training starts), or None; hyper-lora's output regulariser is one."""
+        return None
 
     def encode(
         self, model: "AdapterModel", slot: str, inputs: dict[str, torch.Tensor]
