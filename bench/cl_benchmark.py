@@ -78,6 +78,10 @@ ROWS = [
     Row("task-embedding", "task-embedding", {}, "task-embedding",
         "the kind's defaults: f_in/f_out trained with task 1 then frozen, e_i (d_e 128) per task, head started "
         "by a linear probe"),
+    # B-only training against a frozen A wants about twice LoRA's rate (dev, bench notes).
+    Row("hyper-lora", "hyper-lora", {"learning_rate": 1e-2}, "hyper-lora",
+        "e_i (d_e 8) addresses a bank of up-projections against a frozen random A; each task trains a bank "
+        "column of its own (8 columns, 4 tasks), so the output regulariser never acts here; lr 1e-2, chosen on dev"),
     Row("shared-a-lora", "shared-a-lora", {}, "shared-a-lora", "one A trained with every task, B per task"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
         "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
@@ -144,18 +148,21 @@ def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Pa
     return specs
 
 
-def per_task_bytes(row: Row, config: dict) -> int | None:
-    """Bytes of one task's own adapter state (fp32, the head excluded: every method has one), for the kinds;
-    None for the sequence baselines (one adapter for every task)."""
+def adapter_bytes(row: Row, config: dict) -> tuple[int | None, int | None]:
+    """(bytes of one task's own adapter state, bytes of the share group's shared part, once for all its tasks),
+    fp32, heads excluded (every method has one), for the kinds; (None, None) for the sequence baselines (one
+    adapter for every task)."""
     from continual.config import TrainConfig
     from modeling.base_model import load_base_model
     from modeling.kinds import KINDS, get_kind
 
     if row.method not in KINDS or row.config.get("unfreeze_schedule"):
-        return None  # progressive unfreezing saves the base layers it trained with the adapter: not comparable
+        return None, None  # progressive unfreezing saves the base layers it trained with the adapter: not comparable
     kind = get_kind(row.method)
     kind_config = kind.make_config({**TrainConfig().flat(), **config, **row.config})
-    return 4 * kind.per_task_parameter_count(kind_config, load_base_model().encoder.config)
+    base_config = load_base_model().encoder.config
+    return (4 * kind.per_task_parameter_count(kind_config, base_config),
+            4 * kind.shared_parameter_count(kind_config, base_config))
 
 
 def run_row(reg, row: Row, tasks: list[str], config: dict, order: int, seed: int) -> dict:
@@ -231,20 +238,21 @@ def markdown(report: dict) -> str:
         f"{s['cpu_count']} CPU cores ({s.get('cpu_flags', '?')}){' (--quick)' if s['quick'] else ''}. "
         f"Seeds {', '.join(map(str, seeds)) or '—'}: mean ± standard error over seeds. Accuracies in %, "
         f"BWT/FWT/forgetting in points (docs/design.md definitions); per-task bytes: the task's own adapter "
-        f"state in fp32, heads excluded.",
+        f"state in fp32, heads excluded; shared bytes: the share group's shared part, once for all its tasks.",
         "",
-        "| method | ACC | BWT | FWT | probe FWT | forgetting | per-task bytes | seconds | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| method | ACC | BWT | FWT | probe FWT | forgetting | per-task bytes | shared bytes | seconds | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, e in report["methods"].items():
         if "skipped" in e or not e.get("n_seeds"):
             errors = {r.get("error") for r in e.get("seeds", {}).values()} - {None}
             why = e.get("skipped") or ("failed: " + "; ".join(sorted(errors)) if errors else "not run (yet)")
-            lines.append(f"| {name} | — | — | — | — | — | — | — | {why} |")
+            lines.append(f"| {name} | — | — | — | — | — | — | — | — | {why} |")
             continue
-        nbytes = e.get("per_task_bytes")
+        nbytes, shared = e.get("per_task_bytes"), e.get("shared_bytes")
         lines.append(f"| {name} | {pm(e, 'acc')} | {pm(e, 'bwt')} | {pm(e, 'fwt')} | {pm(e, 'probe_fwt')} | "
                      f"{pm(e, 'forgetting')} | {'—' if nbytes is None else f'{nbytes:,}'} | "
+                     f"{'—' if not shared else f'{shared:,}'} | "
                      f"{pm(e, 'seconds', 1.0, 0)} | {e['note']} |")
     lines += ["", "mtl trains once on all tasks: only the last row of R exists, so BWT, FWT and forgetting are "
               "undefined (—). Probe FWT: a linear head fitted on the frozen model before and after the earlier "
@@ -264,7 +272,7 @@ def markdown(report: dict) -> str:
 
 
 # Our methods (tasks helping each other), against the anchors' own baseline O-LoRA.
-OURS = ("task-embedding", "task-embedding(warm start)", "shared-a-lora", "shared-b-lora(B frozen)",
+OURS = ("task-embedding", "task-embedding(warm start)", "hyper-lora", "shared-a-lora", "shared-b-lora(B frozen)",
         "shared-b-lora(B trained)", "lora(warm start)")
 
 
@@ -281,7 +289,7 @@ def criteria(report: dict) -> list[dict]:
         out.append({"criterion": what, "met": ok, "figures": figures})
 
     lora, lora_bytes = mean("lora"), m.get("lora", {}).get("per_task_bytes")
-    for name in ("task-embedding", "task-embedding(warm start)"):
+    for name in ("task-embedding", "task-embedding(warm start)", "hyper-lora"):
         if lora is not None and name in m:
             te, bwt, nbytes = mean(name), mean(name, "bwt"), m[name]["per_task_bytes"]
             add(f"{name} ACC >= lora - 2, BWT >= -1, bytes <= 1% of lora's",
@@ -350,7 +358,7 @@ def merge(paths: list[Path], out: Path) -> None:
         if row and (entry.get("method"), entry.get("config"), entry.get("spec")) == (row.method, row.config, row.spec):
             entry["note"] = row.note
             if "seeds" in entry:
-                entry["per_task_bytes"] = per_task_bytes(row, first["settings"]["config"])
+                entry["per_task_bytes"], entry["shared_bytes"] = adapter_bytes(row, first["settings"]["config"])
     merged["methods"] = dict(sorted(merged["methods"].items(), key=lambda kv: rank.get(kv[0], len(rank))))
     merged["settings"]["commit"] = ", ".join(sorted({str(r["settings"].get("commit")) for r in reports}))
     merged["settings"]["notes"] = NOTES  # notes may be reworded between runs (they are not part of the protocol)
@@ -464,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
             entry["skipped"] = f"adapter kind '{row.needs_kind}' is not available"
         else:
             entry["seeds"] = {}
-            entry["per_task_bytes"] = per_task_bytes(row, config)
+            entry["per_task_bytes"], entry["shared_bytes"] = adapter_bytes(row, config)
     with tempfile.TemporaryDirectory(prefix="cl-bench-") as tmp:
         for seed in seeds:
             store = f"{args.store}-seed{seed}" if args.store else Path(tmp) / f"store-seed{seed}"

@@ -44,7 +44,7 @@ def pool(report: dict, replication: dict) -> dict:
         a, b = report["methods"][name]["seeds"], replication["methods"][name]["seeds"]
         if set(a) & set(b):
             raise SystemExit(f"row {name} has seed(s) {sorted(set(a) & set(b))} in both parts; replicate with other seeds")
-        base = {k: v for k, v in report["methods"][name].items() if k in ("method", "note", "per_task_bytes")}
+        base = {k: v for k, v in report["methods"][name].items() if k in ("method", "note", "per_task_bytes", "shared_bytes")}
         for part, seeds in (("report", a), ("replication", b), ("pooled", {**a, **b})):
             parts[part][name] = aggregate({**base, "seeds": {k: v for k, v in seeds.items() if "acc" in v}})
     rows = {}
