@@ -123,10 +123,10 @@ def resolved_head_init(kind: str, head_init: str, head_copied: bool = False) -> 
     return "fresh" if head_copied else get_kind(kind).default_head_init
 
 
-def with_kind_regularizer(model: AdapterModel, slot: str, extra_loss):
-    """The method's extra loss (EWC's penalty, ...) plus the term `slot`'s adapter kind adds (hyper-lora's
-    output regulariser), made now, as training starts; None when there is neither."""
-    kind_loss = model.regularizer(slot)
+def begin_training(model: AdapterModel, slot: str, extra_loss):
+    """Training of `slot` starts: the method's extra loss (EWC's penalty, ...) plus the term `slot`'s adapter
+    kind adds (hyper-lora's output regulariser); None when there is neither."""
+    kind_loss = model.begin_training(slot)
     if kind_loss is None or extra_loss is None:
         return kind_loss or extra_loss
     return lambda: extra_loss() + kind_loss()
@@ -140,7 +140,7 @@ def fit_slot(model: AdapterModel, slot: str, base: BaseModel, config: TrainConfi
     `head_copied`: a warm start copied the slot's head from a task with the same labels (head_init=auto keeps it).
     """
     apply_num_threads(config.num_threads)  # here, not only in train_task: every caller trains with the set threads
-    extra_loss = with_kind_regularizer(model, slot, extra_loss)
+    extra_loss = begin_training(model, slot, extra_loss)
     if getattr(model, "is_causal_lm", False):  # a decoder: completion tokens (continual.lm_training)
         from continual.lm_training import fit_lm_slot
 

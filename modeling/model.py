@@ -111,9 +111,10 @@ class AdapterModel(nn.Module):
         """id(param) -> LR factor the slot's adapter kind asks for (the others train at the configured LR)."""
         return get_kind(self.slots[slot].kind).lr_scales(self, slot)
 
-    def regularizer(self, slot: str):
-        """The loss term the slot's adapter kind adds while the slot trains (None: none); see AdapterKind.regularizer."""
-        return get_kind(self.slots[slot].kind).regularizer(self, slot)
+    def begin_training(self, slot: str):
+        """Tell the slot's adapter kind that training starts; the loss term it adds (None: none).  See
+        AdapterKind.begin_training."""
+        return get_kind(self.slots[slot].kind).begin_training(self, slot)
 
     def embed(self, slot: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
         """Pooled sentence representation (B, H) of the inputs under `slot`'s adapter."""

@@ -30,7 +30,7 @@ def train(model: AdapterModel, slot: str, steps: int = 15, lr: float = 3e-2, lab
     """Adam on cross-entropy plus the kind's regulariser, as fit_slot trains."""
     model.train()
     opt = torch.optim.Adam(model.trainable_parameters(slot), lr=lr)
-    reg = model.regularizer(slot)
+    reg = model.begin_training(slot)
     ids, mask = batch()
     for _ in range(steps):
         opt.zero_grad()
@@ -108,13 +108,13 @@ def test_a_task_on_a_column_of_its_own_leaves_earlier_tasks_bit_identical():
     model = tiny_model()
     ids, mask = batch()
     model.add_slot("t1", "hyper-lora", cfg(), LABELS)
-    assert model.regularizer("t1") is None  # the group's first task: nothing to keep
+    assert model.begin_training("t1") is None  # the group's first task: nothing to keep
     A = {k: a.detach().clone() for k, a in KIND.layers(model).shared["default"].A.items()}
     train(model, "t1")
     with torch.no_grad():
         before = model("t1", ids, mask)
     model.add_slot("t2", "hyper-lora", cfg(), LABELS)
-    assert model.regularizer("t2") is None
+    assert model.begin_training("t2") is None
     train(model, "t2", labels=(1, 0, 1, 0))
     with torch.no_grad():
         torch.testing.assert_close(model("t1", ids, mask), before, rtol=0, atol=0)
@@ -125,6 +125,30 @@ def test_a_task_on_a_column_of_its_own_leaves_earlier_tasks_bit_identical():
         torch.testing.assert_close(a.detach(), A[k], rtol=0, atol=0)  # A stays as drawn
 
 
+def test_a_warm_start_begins_at_its_sources_lora_and_trains_a_column_of_its_own():
+    ids, mask = batch()
+    model = tiny_model()
+    model.add_slot("t1", "hyper-lora", cfg(), LABELS)
+    train(model, "t1")
+    source = KIND.slot_state_dict(model, "t1")
+    shared = KIND.shared_state_dict(model, "t1")
+    with torch.no_grad():
+        t1_out = model.embed("t1", ids, mask)
+    # as `continual train --init-from t1` does in a new process: attach, copy e_1, then load the group's bank
+    fresh = tiny_model()
+    fresh.add_slot("t2", "hyper-lora", cfg(), LABELS)
+    KIND.load_slot_state(fresh, "t2", source)
+    KIND.load_shared_state(fresh, "t2", shared)
+    layers = KIND.layers(fresh)
+    assert layers.columns["t2"] == 1  # not t1's column, though the bank was empty when t2 was attached
+    assert fresh.begin_training("t2") is None  # a column of its own: nothing to regularise
+    assert float(layers.embeddings["t2"].detach()[1]) == 1.0  # its column enters e_2, so it gets a gradient
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.embed("t2", ids, mask), t1_out)  # still exactly t1's LoRA
+    train(fresh, "t2", labels=(1, 0, 1, 0))
+    assert any(bool(col.detach().any()) for col in layers.shared["default"].column(1))
+
+
 def test_regulariser_exists_only_where_an_earlier_task_can_be_moved():
     model = tiny_model()
     model.add_slot("t1", "hyper-lora", cfg(task_embedding_dim=1), LABELS)
@@ -133,9 +157,9 @@ def test_regulariser_exists_only_where_an_earlier_task_can_be_moved():
     model.add_slot("t3", "hyper-lora", cfg(task_embedding_dim=1, train_shared=False), LABELS)
     model.add_slot("t4", "hyper-lora", cfg(task_embedding_dim=1, output_reg=0.0), LABELS)
     assert KIND.layers(model).columns["t2"] == 0
-    assert model.regularizer("t3") is None  # trains e_i only: the bank, and so t1, cannot move
-    assert model.regularizer("t4") is None  # switched off
-    reg = model.regularizer("t2")
+    assert model.begin_training("t3") is None  # trains e_i only: the bank, and so t1, cannot move
+    assert model.begin_training("t4") is None  # switched off
+    reg = model.begin_training("t2")
     assert float(reg().detach()) == 0.0  # targets are the bank as training starts
     with torch.no_grad():
         KIND.layers(model).shared["default"].column(0)[0].add_(0.01)
@@ -173,7 +197,7 @@ def test_anchors_travel_with_the_shared_part():
     fresh.add_slot("t5", "hyper-lora", cfg(task_embedding_dim=1), LABELS)
     KIND.load_shared_state(fresh, "t5", state)
     assert KIND.shared_state_dict(fresh, "t5").keys() == state.keys() | {"anchor.t5"}
-    reg = fresh.regularizer("t5")
+    reg = fresh.begin_training("t5")
     assert reg is not None and float(reg().detach()) == 0.0
     with torch.no_grad():
         before = KIND.layers(model).shared["default"].delta_weights(state["anchor.t1"], CFG.lora_alpha / CFG.r)

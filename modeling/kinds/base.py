@@ -148,9 +148,10 @@ class AdapterKind(ABC):
         """id(param) -> factor on the learning rate for some of `slot`'s trainable parameters (none by default)."""
         return {}
 
-    def regularizer(self, model: "AdapterModel", slot: str) -> Callable[[], torch.Tensor] | None:
-        """A term the kind adds to the loss while `slot` trains (a callable () -> scalar tensor, made when
-        training starts), or None; hyper-lora's output regulariser is one."""
+    def begin_training(self, model: "AdapterModel", slot: str) -> Callable[[], torch.Tensor] | None:
+        """Called as training of `slot` starts: ready the slot's state for training (hyper-lora gives a
+        warm-started slot its bank column) and return a term the kind adds to the loss (a callable () ->
+        scalar tensor; hyper-lora's output regulariser), or None."""
         return None
 
     def encode(

@@ -133,6 +133,7 @@ class HyperLoraLayers(SharedPartLayers):
         self.columns: dict[str, int] = {}  # slot -> the bank column it trains
         self.anchors: dict[str, dict[str, torch.Tensor]] = {}  # group -> {task: e_j} loaded with the shared part
         self.fresh: set[str] = set()  # slots whose e_i was set by attach, not loaded (reset when the bank is)
+        self.pending: set[str] = set()  # slots attached but not trained yet (their column follows a loaded bank)
 
     def delta(self, key: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
         slot = self.active
@@ -148,14 +149,16 @@ class HyperLoraLayers(SharedPartLayers):
         return out + (F.linear(z, B) * (config.lora_alpha / config.r)).to(out.dtype)
 
     def start(self, slot: str) -> None:
-        """Give `slot` a bank column and e_i = that column's unit vector (B = 0 while the column is unused)."""
+        """Give `slot` a bank column and, unless its e_i was loaded (a warm start), e_i = that column's unit
+        vector (B = 0 while the column is unused)."""
         group = self.group_of(slot)
         bank = self.shared[group]
         taken = {m for other, m in self.columns.items() if other != slot and self.group_of(other) == group}
         self.columns[slot] = m = bank.pick_column(taken)
-        with torch.no_grad():
-            self.embeddings[slot].zero_()
-            self.embeddings[slot][m] = 1.0
+        if slot in self.fresh:
+            with torch.no_grad():
+                self.embeddings[slot].zero_()
+                self.embeddings[slot][m] = 1.0
 
     def trains_shared(self, slot: str) -> bool:
         return bool(self.slot_config[slot].train_shared) or self.made_shared(slot)
@@ -221,8 +224,9 @@ class HyperLoraKind(SharedPartKind):
         layers = self.layers(model)
         weight = next(iter(layers.shared[config.share_group].A.values()))
         layers.embeddings[slot] = nn.Parameter(torch.zeros(config.task_embedding_dim, device=weight.device, dtype=weight.dtype))
-        layers.start(slot)
         layers.fresh.add(slot)
+        layers.pending.add(slot)
+        layers.start(slot)
         layers.dropout[slot] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
 
     def drop(self, model: "AdapterModel", slot: str) -> None:
@@ -236,6 +240,7 @@ class HyperLoraKind(SharedPartKind):
         assert isinstance(layers, HyperLoraLayers)
         del layers.embeddings[slot], layers.dropout[slot], layers.columns[slot]
         layers.fresh.discard(slot)
+        layers.pending.discard(slot)
 
     def own_parameters(self, layers: SharedPartLayers, slot: str) -> list[nn.Parameter]:
         assert isinstance(layers, HyperLoraLayers)
@@ -250,17 +255,24 @@ class HyperLoraKind(SharedPartKind):
             params += layers.shared[layers.group_of(slot)].column(layers.columns[slot])
         return params
 
-    def regularizer(self, model: "AdapterModel", slot: str) -> Callable[[], torch.Tensor] | None:
-        """The output regulariser for training `slot` (None when it leaves the bank alone, or no earlier
-        task of its group needs keeping)."""
+    def begin_training(self, model: "AdapterModel", slot: str) -> Callable[[], torch.Tensor] | None:
+        """A slot whose e_i a warm start copied gets weight 1 on its own column (still zero, so nothing it
+        computes changes; with weight 0 the column would get no gradient).  Returns the output regulariser
+        (None when the slot leaves the bank alone, or no earlier task depends on its column)."""
         layers = self.layers(model)
         config = layers.slot_config[slot]
-        layers.fresh.discard(slot)  # training starts: its e_i is its own from now on
+        layers.fresh.discard(slot)
+        layers.pending.discard(slot)
+        m = layers.columns[slot]
+        bank = layers.shared[layers.group_of(slot)]
+        unused = not any(bool(col.any()) for col in bank.column(m))
+        if layers.trains_shared(slot) and unused and float(layers.embeddings[slot][m]) == 0.0:
+            with torch.no_grad():
+                layers.embeddings[slot][m] = 1.0
         if not layers.trains_shared(slot) or config.output_reg == 0:
             return None
         group = layers.group_of(slot)
         anchors = list(layers.group_anchors(group, without=slot).values())
-        bank = layers.shared[group]
         if not bank.used_by(layers.columns[slot], anchors):
             return None  # a column of its own: no earlier task's weights depend on it
         weight = next(iter(bank.A.values()))
@@ -315,7 +327,7 @@ class HyperLoraKind(SharedPartKind):
                 for m, col in enumerate(bank.G[key]):
                     col.copy_(stacked[:, m])
         layers.anchors[group] = {task: e.clone() for task, e in anchors.items()}
-        for slot in sorted(layers.fresh):  # a new task starts on a column of the bank it now has
+        for slot in sorted(layers.pending):  # a task not trained yet starts on a column of the bank it now has
             if layers.group_of(slot) == group:
                 layers.start(slot)
 
