@@ -276,6 +276,12 @@ OURS = ("task-embedding", "task-embedding(warm start)", "hyper-lora", "shared-a-
         "shared-b-lora(B trained)", "lora(warm start)")
 
 
+def shared_note(entry: dict, lora_bytes: int) -> str:
+    """The shared part's bytes beside a per-task figure: what the per-task bytes leave out."""
+    shared = entry.get("shared_bytes")
+    return f"; shared part {shared:,} bytes ({shared / lora_bytes:.1f}x lora's per-task bytes)" if shared else ""
+
+
 def criteria(report: dict) -> list[dict]:
     """The targets the transfer issue sets, evaluated on this report's means (and SEs where they decide)."""
     m = {name: e for name, e in report["methods"].items() if e.get("n_seeds")}
@@ -295,7 +301,7 @@ def criteria(report: dict) -> list[dict]:
             add(f"{name} ACC >= lora - 2, BWT >= -1, bytes <= 1% of lora's",
                 te >= lora - 0.02 and bwt >= -0.01 and nbytes <= 0.01 * lora_bytes,
                 f"ACC {pct(te)} vs {pct(lora)}, BWT {pct(bwt)}, bytes {nbytes:,} = "
-                f"{100 * nbytes / lora_bytes:.2f}% of lora's")
+                f"{100 * nbytes / lora_bytes:.2f}% of lora's" + shared_note(m[name], lora_bytes))
     for name in ("shared-a-lora", "shared-b-lora(B frozen)", "shared-b-lora(B trained)"):
         if lora is not None and name in m:
             acc, nbytes = mean(name), m[name]["per_task_bytes"]
