@@ -218,3 +218,7 @@ def test_bad_settings_and_foreign_shared_weights_get_one_line():
     assert "anchor 'x'" in one_line(KIND.load_shared_state, model, "t1", {**state, "anchor.x": torch.zeros(7)})
     with pytest.raises(KindError):
         model.add_slot("t2", "hyper-lora", cfg(task_embedding_dim=8), LABELS)  # the group's bank has d_e=4
+    wider = tiny_model()  # a new process asking for another width than the registered group's
+    wider.add_slot("t2", "hyper-lora", cfg(task_embedding_dim=8), LABELS)
+    assert "has task_embedding_dim=4, this task asks for task_embedding_dim=8" in one_line(
+        KIND.load_shared_state, wider, "t2", state)

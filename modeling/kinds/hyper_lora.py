@@ -266,7 +266,7 @@ class HyperLoraKind(SharedPartKind):
         m = layers.columns[slot]
         bank = layers.shared[layers.group_of(slot)]
         unused = not any(bool(col.any()) for col in bank.column(m))
-        if layers.trains_shared(slot) and unused and float(layers.embeddings[slot][m]) == 0.0:
+        if layers.trains_shared(slot) and unused and float(layers.embeddings[slot].detach()[m]) == 0.0:
             with torch.no_grad():
                 layers.embeddings[slot][m] = 1.0
         if not layers.trains_shared(slot) or config.output_reg == 0:
@@ -315,6 +315,10 @@ class HyperLoraKind(SharedPartKind):
             raise KindError(f"hyper-lora shared weights do not fit this base model: missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}")
         bank = layers.shared[group]
+        widths = {v.shape[-1] for k, v in weights.items() if k.endswith(".lora_B_bank") and v.dim() == 2}
+        if widths and widths != {bank.d_e}:
+            raise KindError(f"hyper-lora share group '{group}' has task_embedding_dim={min(widths)}, this task asks for "
+                            f"task_embedding_dim={bank.d_e}; use the group's value or another --set share_group=NAME")
         for task, e in anchors.items():
             if e.shape != (bank.d_e,):
                 raise KindError(f"hyper-lora anchor '{task}' has shape {tuple(e.shape)}, this group needs ({bank.d_e},)")
