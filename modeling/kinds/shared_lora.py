@@ -39,6 +39,11 @@ class SharedLoraConfig(SharedPartSettings, LoraKindConfig):
     """LoRA's settings (r, lora_alpha, lora_dropout, target_modules: validated by LoraKindConfig) plus
     share_group / train_shared: the group's tasks share one factor per targeted layer."""
 
+    # The shared factor stays as drawn, a random projection no task trains, not even the group's first
+    # (LoRA-FA's frozen A; train_shared is then moot): every task trains only its own factor, so earlier
+    # tasks stay bit-identical and the group's first version is its only one.
+    freeze_shared: bool = False
+
 
 class SharedLoraLayers(SharedPartLayers):
     """adapter_modules[kind]: `shared[group]` ParameterDict(site key -> shared factor), per-task factors per slot."""
@@ -133,6 +138,12 @@ class SharedLoraKind(SharedPartKind):
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
         layers = self.layers(model)
         self._load(layers.per_task[slot], layers.site_names, self.own_name, state)
+
+    def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
+        layers = self.layers(model)
+        if layers.slot_config[slot].freeze_shared:
+            return self.own_parameters(layers, slot)
+        return super().trainable_parameters(model, slot)
 
     def shared_parameters(self, model: "AdapterModel", slot: str) -> dict[str, nn.Parameter]:
         """The shared factor of `slot`'s group, by site key: the very Parameters other tasks use."""
