@@ -84,7 +84,7 @@ ROWS = [
         "column of its own (8 columns, 4 tasks), so the output regulariser never acts here; lr 1e-2, chosen on dev"),
     Row("shared-a-lora", "shared-a-lora", {}, "shared-a-lora", "one A trained with every task, B per task"),
     # B-only training against a frozen A wants about twice LoRA's rate (hyper-lora's dev figures, bench notes).
-    Row("shared-a-lora(A random, frozen)", "shared-a-lora", {"freeze_shared": True, "learning_rate": 1e-2},
+    Row("shared-a-lora(A frozen random)", "shared-a-lora", {"freeze_shared": True, "learning_rate": 1e-2},
         "shared-a-lora", "one A as drawn, trained by no task (LoRA-FA), B per task; lr 1e-2"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
         "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
@@ -276,7 +276,7 @@ def markdown(report: dict) -> str:
 
 # Our methods (tasks helping each other), against the anchors' own baseline O-LoRA.
 OURS = ("task-embedding", "task-embedding(warm start)", "hyper-lora", "shared-a-lora",
-        "shared-a-lora(A random, frozen)", "shared-b-lora(B frozen)",
+        "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)",
         "shared-b-lora(B trained)", "lora(warm start)")
 
 
@@ -306,7 +306,7 @@ def criteria(report: dict) -> list[dict]:
                 te >= lora - 0.02 and bwt >= -0.01 and nbytes <= 0.01 * lora_bytes,
                 f"ACC {pct(te)} vs {pct(lora)}, BWT {pct(bwt)}, bytes {nbytes:,} = "
                 f"{100 * nbytes / lora_bytes:.2f}% of lora's" + shared_note(m[name], lora_bytes))
-    for name in ("shared-a-lora", "shared-a-lora(A random, frozen)", "shared-b-lora(B frozen)",
+    for name in ("shared-a-lora", "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)",
                  "shared-b-lora(B trained)"):
         if lora is not None and name in m:
             acc, nbytes = mean(name), m[name]["per_task_bytes"]
