@@ -546,6 +546,8 @@ NOTES = [
     "A dbpedia trained serves the reviews worse than a random one).  A frozen (taken): 60.5 / 60.7 at lr 5e-3 "
     "(output_reg 10 / 3), 65.0 at 1e-2; before each column became a parameter of its own (the bank one "
     "tensor, every column trained by every task under the regulariser) seeds 1 and 2 gave 62.5 and 63.3.",
+    "shared-a-lora(A frozen random), order-1 dev on the same AMD EPYC (per-task LoRA 65.0 / 61.5 / 64.3): "
+    "64.8 / 61.8 / 62.7, 63.1 at lr 1e-2 (paired difference -0.5 ± 0.6, BWT 0.0); seed 0 at lr 5e-3 60.7.",
     "Shared-factor LoRA.  Three seeds: shared-B's head random 62.1 ± 2.0, started by a linear probe 63.7 ± 0.7 "
     "(taken: with a random head amazon collapsed to one class on seed 1, 18.0 against 37.3; seeds 0 and 2 moved "
     "+0.2 and -2.2); shared-A's head random 62.9 ± 0.3 (kept), probe 61.0 ± 0.4.  Not taken, three seeds: "
