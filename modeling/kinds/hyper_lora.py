@@ -160,9 +160,6 @@ class HyperLoraLayers(SharedPartLayers):
                 self.embeddings[slot].zero_()
                 self.embeddings[slot][m] = 1.0
 
-    def trains_shared(self, slot: str) -> bool:
-        return bool(self.slot_config[slot].train_shared) or self.made_shared(slot)
-
     def group_anchors(self, group: str, without: str | None = None) -> dict[str, torch.Tensor]:
         """The embeddings the group's bank must keep: those loaded with it, then those of the group's slots
         in this model that trained it (a slot's own training replaces an anchor of the same name)."""
@@ -263,15 +260,14 @@ class HyperLoraKind(SharedPartKind):
         config = layers.slot_config[slot]
         layers.fresh.discard(slot)
         layers.pending.discard(slot)
-        m = layers.columns[slot]
-        bank = layers.shared[layers.group_of(slot)]
+        group, m = layers.group_of(slot), layers.columns[slot]
+        bank = layers.shared[group]
         unused = not any(bool(col.any()) for col in bank.column(m))
         if layers.trains_shared(slot) and unused and float(layers.embeddings[slot].detach()[m]) == 0.0:
             with torch.no_grad():
                 layers.embeddings[slot][m] = 1.0
         if not layers.trains_shared(slot) or config.output_reg == 0:
             return None
-        group = layers.group_of(slot)
         anchors = list(layers.group_anchors(group, without=slot).values())
         if not bank.used_by(layers.columns[slot], anchors):
             return None  # a column of its own: no earlier task's weights depend on it

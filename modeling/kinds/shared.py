@@ -42,6 +42,10 @@ class SharedPartLayers(HookedLayers):
         """Whether `slot` made its group's shared part (and so trains it at the full rate, whatever its settings)."""
         return self.group_first.get(self.group_of(slot)) == slot
 
+    def trains_shared(self, slot: str) -> bool:
+        """Whether training `slot` trains its group's shared part: with train_shared, or as the slot that made it."""
+        return bool(self.slot_config[slot].train_shared) or self.made_shared(slot)
+
 
 class SharedPartKind(AdapterKind):
     """Base of the kinds whose slots share a part per share group."""
@@ -127,7 +131,7 @@ class SharedPartKind(AdapterKind):
     def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
         layers = self.layers(model)
         params = self.own_parameters(layers, slot)
-        if layers.slot_config[slot].train_shared or layers.made_shared(slot):
+        if layers.trains_shared(slot):
             params += list(layers.shared[layers.group_of(slot)].parameters())
         return params
 
