@@ -88,6 +88,8 @@ ROWS = [
         "shared-a-lora", "one A as drawn, trained by no task (LoRA-FA), B per task; lr 1e-2"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
         "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
+    Row("shared-b-lora(B frozen random)", "shared-b-lora", {"freeze_shared": True, "learning_rate": 2e-3},
+        "shared-b-lora", "one B as drawn, trained by no task, A per task; lr being chosen on dev"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
         "one B trained with every task, A per task; head started by a linear probe (the kind's default)"),
     Row("task-embedding(warm start)", "task-embedding", {}, "task-embedding",
@@ -276,7 +278,7 @@ def markdown(report: dict) -> str:
 
 # Our methods (tasks helping each other), against the anchors' own baseline O-LoRA.
 OURS = ("task-embedding", "task-embedding(warm start)", "hyper-lora", "shared-a-lora",
-        "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)",
+        "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)", "shared-b-lora(B frozen random)",
         "shared-b-lora(B trained)", "lora(warm start)")
 
 
@@ -307,7 +309,7 @@ def criteria(report: dict) -> list[dict]:
                 f"ACC {pct(te)} vs {pct(lora)}, BWT {pct(bwt)}, bytes {nbytes:,} = "
                 f"{100 * nbytes / lora_bytes:.2f}% of lora's" + shared_note(m[name], lora_bytes))
     for name in ("shared-a-lora", "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)",
-                 "shared-b-lora(B trained)"):
+                 "shared-b-lora(B frozen random)", "shared-b-lora(B trained)"):
         if lora is not None and name in m:
             acc, nbytes = mean(name), m[name]["per_task_bytes"]
             add(f"{name} ACC >= lora - 1 at <= half lora's bytes", acc >= lora - 0.01 and nbytes <= 0.5 * lora_bytes,
