@@ -168,16 +168,17 @@ def test_coexists_with_peft_lora_on_the_same_linear():
     assert not torch.allclose(shared_out, lora_out)
 
 
-def test_freeze_shared_keeps_the_drawn_factor_and_every_earlier_task():
-    """freeze_shared: no task trains the shared A, not even the group's first; each trains only its own B."""
+@pytest.mark.parametrize("name", ["shared-b-lora", "shared-a-lora"])
+def test_freeze_shared_keeps_the_drawn_factor_and_every_earlier_task(name):
+    """freeze_shared: no task trains the shared factor, not even the group's first; each trains only its own."""
     model = tiny_model()
     ids, mask = batch()
     cfg = dict(r=2, lora_dropout=0.0, freeze_shared=True)
-    model.add_slot("t1", "shared-a-lora", SharedLoraConfig(**cfg), LABELS)
-    kind = get_kind("shared-a-lora")
+    model.add_slot("t1", name, SharedLoraConfig(**cfg), LABELS)
+    kind = get_kind(name)
     shared = {k: p.detach().clone() for k, p in kind.shared_parameters(model, "t1").items()}
     assert {id(p) for p in kind.trainable_parameters(model, "t1")} == {
-        id(p) for p in model.adapter_modules["shared-a-lora"].per_task["t1"].values()}
+        id(p) for p in model.adapter_modules[name].per_task["t1"].values()}
 
     def train(slot: str, labels) -> None:
         opt = torch.optim.Adam(model.trainable_parameters(slot), lr=5e-2)
@@ -189,7 +190,7 @@ def test_freeze_shared_keeps_the_drawn_factor_and_every_earlier_task():
     train("t1", [0, 1, 0, 1])
     with torch.no_grad():
         before = model("t1", ids, mask)
-    model.add_slot("t2", "shared-a-lora", SharedLoraConfig(**cfg), LABELS)
+    model.add_slot("t2", name, SharedLoraConfig(**cfg), LABELS)
     train("t2", [1, 0, 1, 0])
     for k, p in kind.shared_parameters(model, "t1").items():
         torch.testing.assert_close(p.detach(), shared[k], rtol=0, atol=0)
