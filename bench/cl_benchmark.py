@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", help="MLflow store to keep the runs in (default: a temporary one per seed)")
     args = parser.parse_args(argv)
     if args.merge:
+        quiet()  # merging builds each row's model to count its bytes
         return merge(args.merge, args.out)
     if args.data_dir is None:
         parser.error("--data-dir is required (the cl_benchmark folder)")
