@@ -54,6 +54,10 @@ class SharedLoraLayers(SharedPartLayers):
         self.per_task = nn.ModuleDict()  # slot -> ParameterDict(site key -> per-task factor)
         self.dropout = nn.ModuleDict()  # slot -> Dropout on the branch input
 
+    def trains_shared(self, slot: str) -> bool:
+        """As for every shared part, except that with freeze_shared no slot trains it, not even its maker."""
+        return not self.slot_config[slot].freeze_shared and super().trains_shared(slot)
+
     def factors(self, slot: str, key: str) -> tuple[nn.Parameter, nn.Parameter]:
         """(A (r, d_in), B (d_out, r)) that `slot` uses at site `key`."""
         own, shared = self.per_task[slot][key], self.shared[self.group_of(slot)][key]
@@ -138,12 +142,6 @@ class SharedLoraKind(SharedPartKind):
     def load_slot_state(self, model: "AdapterModel", slot: str, state: dict[str, torch.Tensor]) -> None:
         layers = self.layers(model)
         self._load(layers.per_task[slot], layers.site_names, self.own_name, state)
-
-    def trainable_parameters(self, model: "AdapterModel", slot: str) -> list[nn.Parameter]:
-        layers = self.layers(model)
-        if layers.slot_config[slot].freeze_shared:
-            return self.own_parameters(layers, slot)
-        return super().trainable_parameters(model, slot)
 
     def shared_parameters(self, model: "AdapterModel", slot: str) -> dict[str, nn.Parameter]:
         """The shared factor of `slot`'s group, by site key: the very Parameters other tasks use."""
