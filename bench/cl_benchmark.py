@@ -86,6 +86,22 @@ ROWS = [
     # B-only training against a frozen A wants about twice LoRA's rate (hyper-lora's dev figures, bench notes).
     Row("shared-a-lora(A frozen random)", "shared-a-lora", {"freeze_shared": True, "learning_rate": 1e-2},
         "shared-a-lora", "one A as drawn, trained by no task (LoRA-FA), B per task; lr 1e-2"),
+    # A frozen B confines a task's update to B's r output directions (on dev a random B at LoRA's sites reached
+    # 61.2 against LoRA's 63.5, bench notes).  A_i costs r·d_in, so at half LoRA's per-task bytes the kind can
+    # also adapt the FFN's up-projection (d_in 384, d_out 1536), whose output reaches the residual stream
+    # through the pretrained down-projection, or take a wider B at fewer sites.  To be tried on dev.
+    Row("shared-b-lora(B frozen random FFN r16)", "shared-b-lora",
+        {"freeze_shared": True, "head_init": "fresh", "target_modules": ["intermediate.dense"], "r": 16},
+        "shared-b-lora", "one B as drawn, trained by no task, A per task, at the FFN up-projection, r 16; random head"),
+    Row("shared-b-lora(B frozen random value+FFN)", "shared-b-lora",
+        {"freeze_shared": True, "head_init": "fresh", "target_modules": ["value", "intermediate.dense"]},
+        "shared-b-lora", "one B as drawn, trained by no task, A per task, at value and the FFN up-projection; "
+        "random head"),
+    Row("shared-b-lora(B frozen random qv+FFN r5)", "shared-b-lora",
+        {"freeze_shared": True, "head_init": "fresh", "target_modules": ["query", "value", "intermediate.dense"],
+         "r": 5},
+        "shared-b-lora", "one B as drawn, trained by no task, A per task, at query, value and the FFN "
+        "up-projection, r 5; random head"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
         "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
