@@ -91,8 +91,10 @@ ROWS = [
     # also adapt the FFN's up-projection (d_in 384, d_out 1536), whose output reaches the residual stream
     # through the pretrained down-projection, or take a wider B at fewer sites.  To be tried on dev.
     Row("shared-b-lora(B frozen random FFN r16)", "shared-b-lora",
-        {"freeze_shared": True, "head_init": "fresh", "target_modules": ["intermediate.dense"], "r": 16},
-        "shared-b-lora", "one B as drawn, trained by no task, A per task, at the FFN up-projection, r 16; random head"),
+        {"freeze_shared": True, "head_init": "fresh", "target_modules": ["intermediate.dense"], "r": 16,
+         "learning_rate": 1e-2},
+        "shared-b-lora", "one B as drawn, trained by no task, A per task, at the FFN up-projection, r 16; random "
+        "head, lr 1e-2 (chosen on dev)"),
     Row("shared-b-lora(B frozen random value+FFN)", "shared-b-lora",
         {"freeze_shared": True, "head_init": "fresh", "target_modules": ["value", "intermediate.dense"]},
         "shared-b-lora", "one B as drawn, trained by no task, A per task, at value and the FFN up-projection; "
