@@ -28,11 +28,13 @@ def batch(seed: int = 1, n: int = 4, t: int = 6) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+@pytest.mark.parametrize("targets", [None, ["intermediate.dense"]])  # LoRA's default sites; a site with d_out != d_in
 @pytest.mark.parametrize("kind", ["shared-b-lora", "shared-a-lora"])
-def test_one_task_equals_peft_lora_for_the_same_factors(kind):
+def test_one_task_equals_peft_lora_for_the_same_factors(kind, targets):
     lora_model, shared_model = tiny_model(), tiny_model()
-    lora_model.add_slot("t", "lora", LoraKindConfig(r=4, lora_alpha=8, lora_dropout=0.0), LABELS)
-    shared_model.add_slot("t", kind, SharedLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0), LABELS)
+    settings = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets)
+    lora_model.add_slot("t", "lora", LoraKindConfig(**settings), LABELS)
+    shared_model.add_slot("t", kind, SharedLoraConfig(**settings), LABELS)
     store = shared_model.adapter_modules[kind]
     g = torch.Generator().manual_seed(2)
     for key, name in store.site_names.items():
@@ -197,3 +199,20 @@ def test_freeze_shared_keeps_the_drawn_factor_and_every_earlier_task(name):
     with torch.no_grad():
         torch.testing.assert_close(model("t1", ids, mask), before, rtol=0, atol=0)
         assert not torch.allclose(model("t2", ids, mask), before)
+
+
+def test_shared_b_at_the_ffn_up_projection_stores_half_of_lora_at_query_and_value():
+    """The bench's shared-B FFN row: A_i is r·d_in, so r 16 at intermediate.dense (d_in = hidden) stores exactly
+    half of LoRA r 8 at query and value (2 sites · 8 · 2·hidden per layer), whatever the FFN's width; B,
+    (d_ff, r), is stored once per group.  LoRA's own count matches a dotted site name as peft does."""
+    from transformers import BertConfig
+
+    base = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    shared_b, lora = get_kind("shared-b-lora"), get_kind("lora")
+    ffn = SharedLoraConfig(r=16, target_modules=["intermediate.dense"])
+    assert shared_b.per_task_parameter_count(ffn, base) == 2 * 16 * 32
+    assert shared_b.shared_parameter_count(ffn, base) == 2 * 64 * 16
+    assert lora.per_task_parameter_count(LoraKindConfig(r=8), base) == 2 * 2 * 8 * (32 + 32)
+    assert 2 * shared_b.per_task_parameter_count(ffn, base) == lora.per_task_parameter_count(LoraKindConfig(r=8), base)
+    assert lora.per_task_parameter_count(LoraKindConfig(r=16, target_modules=["intermediate.dense"]), base) == (
+        2 * 16 * (32 + 64))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from modeling.kinds.base import AdapterKind, KindConfig, KindError
-from modeling.kinds.hooks import default_targets, io_features, meta_encoder, split_names
+from modeling.kinds.hooks import default_targets, find_target_modules, io_features, meta_encoder, split_names
 
 if TYPE_CHECKING:
     from modeling.model import AdapterModel
@@ -171,9 +171,6 @@ class LoraKind(AdapterKind):
         """r * (d_in + d_out) per adapted Linear (or GPT-2 Conv1D); here computed from the base config's shapes."""
         assert isinstance(config, LoraKindConfig)
         targets = default_lora_targets(config.target_modules, base_config.model_type)
-        total = 0
-        for name, module in meta_encoder(base_config).named_modules():
-            adaptable = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-            if adaptable and name.split(".")[-1] in targets:
-                total += config.r * sum(io_features(module))
-        return total
+        # The targets match as peft matches them (a name, or a dotted suffix such as intermediate.dense).
+        return sum(config.r * sum(io_features(module))
+                   for _, module in find_target_modules(meta_encoder(base_config), targets))
