@@ -2,25 +2,18 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
-import warnings
 from pathlib import Path
 
 
 def quiet() -> None:
-    """Silence third-party warnings, progress bars and INFO logs; nothing is downloaded (HF_HUB_OFFLINE)."""
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import lightning  # noqa: F401  (importing it resets its loggers' level)
-    from transformers.utils import logging as hf_logging
+    """Silence third-party warnings, progress bars and INFO logs, as the CLI does: the project's own warnings
+    (ContinualWarning) still reach stderr. Nothing is downloaded (HF_HUB_OFFLINE)."""
+    from continual.noise import quiet_libraries
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries(training=True)
 
 
 def read_rows(data_dir: Path, task: str, split: str) -> list[dict]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -75,11 +74,6 @@ def user_errors(fn):
     return wrapper
 
 
-# Libraries whose warnings are noise to a CLI user (tips, deprecations, "few dataloader workers").
-_NOISY_MODULES = r"(lightning|lightning_fabric|lightning_utilities|pytorch_lightning|torch|transformers|peft|mlflow|" \
-                 r"huggingface_hub|tokenizers|pydantic|alembic|sqlalchemy|faiss|numpy|scipy|sklearn|typer|click)(\..*)?$"
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Every warning that gets through the filters is ONE yellow line on stderr."""
     from tasks.errors import ContinualWarning
@@ -89,38 +83,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/yellow] {prefix}{text}", highlight=False, soft_wrap=True)
 
 
-def _show_warnings() -> None:
-    """The project's own warnings (ContinualWarning) reach the user as one yellow line each; third-party
-    noise is silenced by category (deprecations) and by module."""
-    import warnings
-
-    from tasks.errors import ContinualWarning
-
-    warnings.resetwarnings()
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning):
-        warnings.filterwarnings("ignore", category=category)
-    warnings.filterwarnings("ignore", module=_NOISY_MODULES)
-    warnings.filterwarnings("default", category=ContinualWarning)  # checked first: the newest filter wins
-    warnings.showwarning = _show_warning
-
-
 def _quiet(training: bool = False) -> None:
-    """Keep library chatter (Lightning tips, HF progress bars) out of the user's terminal."""
-    import logging
+    """Keep library chatter out of the user's terminal; the project's own warnings are one yellow line each."""
+    from continual.noise import quiet_libraries
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if training:
-        import lightning  # noqa: F401  (it sets its loggers' levels on import; override them after)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    _show_warnings()
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_libraries(training, show=_show_warning)
 
 
 def _registry(store: str | None):

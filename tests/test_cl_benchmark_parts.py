@@ -61,3 +61,19 @@ def test_set_records_numbers_as_numbers_and_names_as_given(bench):
     got = bench.parse_overrides(["learning_rate=1e-3", "ewc_lambda=1E4", "share_group=inf", "r=8"])
     assert got == {"learning_rate": 1e-3, "ewc_lambda": 1e4, "share_group": "inf", "r": 8}
     assert isinstance(got["r"], int)
+
+
+def test_bench_silences_library_noise_but_not_the_projects_warnings(bench):
+    # A bench run prints figures; a ContinualWarning (a stale task index, a warm start that found nothing)
+    # is part of what it must still say, while library tips and deprecations stay out.
+    import warnings
+
+    from tasks.errors import ContinualWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        bench.quiet()
+        warnings.showwarning = lambda *a, **k: caught.append(a)  # record what would be printed
+        warnings.warn("ours", ContinualWarning)
+        warnings.warn_explicit("tip", UserWarning, "x.py", 1, module="lightning.pytorch.trainer")
+        warnings.warn("old api", DeprecationWarning)
+    assert [str(a[0]) for a in caught] == ["ours"]

@@ -63,12 +63,11 @@ def test_project_warnings_are_one_yellow_line_each(reg, tiny_base_dir):
 
 
 def test_cli_filters_keep_project_warnings_and_drop_library_noise():
-    from continual.cli import _show_warnings
+    from continual.noise import filter_warnings
     from tasks.errors import ContinualWarning
 
     with warnings.catch_warnings(record=True) as caught:
-        _show_warnings()
-        warnings.showwarning = lambda *a, **k: caught.append(a)  # record what would be printed
+        filter_warnings(show=lambda *a, **k: caught.append(a))  # record what would be printed
         warnings.warn("ours", ContinualWarning)
         warnings.warn_explicit("tip", UserWarning, "x.py", 1, module="lightning.pytorch.trainer")
         warnings.warn("old api", DeprecationWarning)
