@@ -569,7 +569,9 @@ NOTES = [
     "/ 62.2, 61.9; value and the FFN up-projection at r 8 56.0 / 56.3 / 60.8, 57.7; query, value and the FFN "
     "up-projection at r 5 43.5 / 48.0 / 30.2, 40.6 (the last two collapsing on amazon, the last on dbpedia "
     "too: their B's columns are longer, so 5e-3 moves them faster; their rate was not tuned).  The FFN r16 row "
-    "at lr 1e-2 (taken): 65.7 / 62.8 / 62.3, 63.6, paired difference to LoRA +0.1 ± 0.9, BWT 0.0.",
+    "at lr 1e-2 (taken): 65.7 / 62.8 / 62.3, 63.6, paired difference to LoRA +0.1 ± 0.9, BWT 0.0; tested as "
+    "planned (docs/results/cl_order1_shared_b_sites.md): pooled over six seeds 63.6 ± 0.9 against LoRA's 65.0 "
+    "± 0.7, paired -1.3 ± 1.3, so the shared-B target is not met.",
     "Shared-factor LoRA.  Three seeds: shared-B's head random 62.1 ± 2.0, started by a linear probe 63.7 ± 0.7 "
     "(taken: with a random head amazon collapsed to one class on seed 1, 18.0 against 37.3; seeds 0 and 2 moved "
     "+0.2 and -2.2); shared-A's head random 62.9 ± 0.3 (kept), probe 61.0 ± 0.4.  Not taken, three seeds: "
