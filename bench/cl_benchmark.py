@@ -95,6 +95,12 @@ ROWS = [
          "learning_rate": 1e-2},
         "shared-b-lora", "one B as drawn, trained by no task, A per task, at the FFN up-projection, r 16; random "
         "head, lr 1e-2 (chosen on dev)"),
+    # On dev, lr 5e-3 -> 1e-2 moved the row above by +1.7; one more doubling, dev only so far (its plan:
+    # docs/results/cl_order1_shared_b_ffn_rate_plan.md).
+    Row("shared-b-lora(B frozen random FFN r16 lr 2e-2)", "shared-b-lora",
+        {"freeze_shared": True, "head_init": "fresh", "target_modules": ["intermediate.dense"], "r": 16,
+         "learning_rate": 2e-2},
+        "shared-b-lora", "the FFN r16 row above at lr 2e-2 (on dev only so far)"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
         "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
