@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cl_benchmark.py --data-dir ../shared/data/cl_benchmark --out bench/results/cl_order1.json
         [--order 1|2|3] [--quick] [--methods lora,seq-lora,...] [--threads N] [--seeds N [--first-seed K]]
-        [--split test|dev|fresh-test] [--scored-examples N] [--set KEY=VALUE ...]
+        [--split test|dev|fresh-test|unscored-test] [--scored-examples N] [--set KEY=VALUE ...]
     .venv/bin/python bench/cl_benchmark.py --merge part1.json part2.json --out all.json   # seeds run apart
 
 Protocol (docs/design.md, "Measuring honestly"): every setting in ROWS and COMMON was chosen with
@@ -50,6 +50,8 @@ ORDERS = {
 # Subsampling (per task): training examples, dev examples (early-stopping snapshot and the registered
 # version's dev accuracy), test examples (every cell of R, always the same ones).
 SIZES = {"default": {"train": 500, "dev": 50, "test": 150}, "quick": {"train": 32, "dev": 8, "test": 32}}
+# The replications (docs/results/*_fresh_test.*) scored this many fresh-test examples per cell.
+REPLICATION_SCORED = 500
 
 # Settings every row shares.  bf16 autocast: measured on dbpedia first (see the Markdown table's notes).
 # r=8 pinned so the figures stay comparable with earlier runs of this bench (the training default is now 16).
@@ -124,7 +126,9 @@ def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Pa
     the early-stopping dev examples and the scored examples never do (every seed scores the same ones).
     split "test": the scored examples come from test.jsonl; "dev": from dev.jsonl, disjoint from the
     early-stopping ones (choosing settings never looks at test); "fresh-test": from test.jsonl, disjoint from
-    the examples "test" scores at the default size (a replication on examples no reported figure has seen)."""
+    the examples "test" scores at the default size (a replication on examples no reported figure has seen);
+    "unscored-test": from test.jsonl, disjoint from both the "test" sample and the REPLICATION_SCORED examples
+    of "fresh-test" (a verdict for a setting chosen after both of those were looked at)."""
     from continual.data import subsample
     from tasks.loaders import build_spec
 
@@ -143,10 +147,17 @@ def write_tasks(data_dir: Path, tasks: list[str], sizes: dict[str, int], out: Pa
         if split == "dev":
             taken = set(early)
             scored = subsample([l for l in dev_lines if l not in taken], sizes["test"], 0)
-        elif split == "fresh-test":  # a replication: none of the test examples the reported runs scored
+        elif split in ("fresh-test", "unscored-test"):
             test_lines = lines("test")
             reported = set(subsample(test_lines, SIZES["default"]["test"], 0))
-            scored = subsample([l for l in test_lines if l not in reported], sizes["test"], 0)
+            rest = [l for l in test_lines if l not in reported]
+            if split == "unscored-test":  # none of the examples a report or a replication scored
+                replicated = set(subsample(rest, REPLICATION_SCORED, 0))
+                rest = [l for l in rest if l not in replicated]
+                if not rest:
+                    raise SystemExit(f"--split unscored-test: task '{task}' has no test example left that neither "
+                                     f"the report nor a replication scored")
+            scored = subsample(rest, sizes["test"], 0)
         else:
             scored = subsample(lines("test"), sizes["test"], 0)
         kept = {"train": subsample(lines("train"), sizes["train"], train_seed), "dev": early, "test": scored}
@@ -426,9 +437,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny subsample: a few minutes in all")
     parser.add_argument("--methods", help=f"comma-separated rows (default: all): {', '.join(r.name for r in ROWS)}")
     parser.add_argument("--tasks", help="comma-separated tasks instead of the order's sequence (for measurements)")
-    parser.add_argument("--split", choices=["test", "dev", "fresh-test"], default="test",
-                        help="which examples fill R: test (report), held-out dev examples (choosing settings), or "
-                             "test examples the default test sample does not hold (replicating a report)")
+    parser.add_argument("--split", choices=["test", "dev", "fresh-test", "unscored-test"], default="test",
+                        help="which examples fill R: test (report), held-out dev examples (choosing settings), "
+                             "test examples the default test sample does not hold (replicating a report), or test "
+                             "examples neither a report nor a replication scored (a verdict after both were seen: "
+                             "350 per task of this data, with --scored-examples 350)")
     parser.add_argument("--scored-examples", type=int, metavar="N",
                         help=f"examples scored per cell of R (default {SIZES['default']['test']}, "
                              f"--quick {SIZES['quick']['test']})")
@@ -600,7 +613,8 @@ NOTES = [
     "60.9 ± 0.5, shared-B (B frozen) 62.7 ± 0.4, so the one-epoch budget (kept) does not hold the small kinds back.",
     "Error bars: ± is the standard error over seeds with the scored examples fixed (every seed scores the same "
     "ones), so it leaves out the scored sample's own error (ACC over 4 x 150 test examples: about 2 points).  "
-    "--split fresh-test replicates a run on test examples the reported sample does not hold.",
+    "--split fresh-test replicates a run on test examples the reported sample does not hold; --split "
+    "unscored-test scores the test examples neither of them scored (350 per task of this data).",
     "Replay: 50 examples per finished task; each batch carries as many replayed examples as new ones, each "
     "through its own task's head.",
     "Seconds: each row's wall time under whatever load the machine carried when it ran (rows and seeds ran at "

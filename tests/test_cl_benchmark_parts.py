@@ -77,3 +77,19 @@ def test_bench_silences_library_noise_but_not_the_projects_warnings(bench):
         warnings.warn_explicit("tip", UserWarning, "x.py", 1, module="lightning.pytorch.trainer")
         warnings.warn("old api", DeprecationWarning)
     assert [str(a[0]) for a in caught] == ["ours"]
+
+
+def test_unscored_test_holds_no_example_a_report_or_a_replication_scored(bench, tmp_path):
+    n = bench.SIZES["default"]["test"] + bench.REPLICATION_SCORED + 50
+    fake_task(tmp_path / "data", "toy", n)
+    reported = scored(bench, tmp_path / "data", tmp_path / "a", "test", bench.SIZES["default"]["test"])
+    replicated = scored(bench, tmp_path / "data", tmp_path / "b", "fresh-test", bench.REPLICATION_SCORED)
+    unscored = scored(bench, tmp_path / "data", tmp_path / "c", "unscored-test", bench.SIZES["default"]["test"])
+    assert len(unscored) == 50 and not unscored & (reported | replicated)
+    assert all(" test " in t for t in unscored)
+
+
+def test_unscored_test_refuses_a_task_with_nothing_left(bench, tmp_path):
+    fake_task(tmp_path / "data", "toy", bench.SIZES["default"]["test"] + bench.REPLICATION_SCORED)
+    with pytest.raises(SystemExit, match="no test example left"):
+        scored(bench, tmp_path / "data", tmp_path / "c", "unscored-test", 10)
