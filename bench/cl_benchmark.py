@@ -97,6 +97,15 @@ ROWS = [
          "learning_rate": 1e-2},
         "shared-b-lora", "one B as drawn, trained by no task, A per task, at the FFN up-projection, r 16; random "
         "head, lr 1e-2 (chosen on dev)"),
+    # The same row with each task started from its nearest related trained task (A_i and, for equal label sets, the
+    # head; the group's one B is the source's too): the review tasks it trails LoRA on are the ones a warm start
+    # helps most (lora(warm start): yelp from amazon 45.8 against 41.3 fresh).
+    Row("shared-b-lora(B frozen random FFN r16 warm start)", "shared-b-lora",
+        {"freeze_shared": True, "head_init": "fresh", "target_modules": ["intermediate.dense"], "r": 16,
+         "learning_rate": 1e-2},
+        "shared-b-lora", "shared-b-lora(B frozen random FFN r16), each task's A_i (and head, for equal label sets) "
+        "started from its nearest related trained task's (init_from: related, related_margin 0.1)",
+        spec={"init_from": "related"}),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
         "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
@@ -295,9 +304,10 @@ def markdown(report: dict) -> str:
 
 
 # Our methods (tasks helping each other), against the anchors' own baseline O-LoRA.
-OURS = ("task-embedding", "task-embedding(warm start)", "hyper-lora", "shared-a-lora",
-        "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)",
-        "shared-b-lora(B trained)", "shared-b-lora(B frozen random FFN r16)", "lora(warm start)")
+# The shared-factor rows, held to ACC >= lora - 1 at half lora's per-task bytes.
+SHARED_FACTOR = ("shared-a-lora", "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)", "shared-b-lora(B trained)",
+                 "shared-b-lora(B frozen random FFN r16)", "shared-b-lora(B frozen random FFN r16 warm start)")
+OURS = ("task-embedding", "task-embedding(warm start)", "hyper-lora", *SHARED_FACTOR, "lora(warm start)")
 
 
 def shared_note(entry: dict, lora_bytes: int) -> str:
@@ -326,8 +336,7 @@ def criteria(report: dict) -> list[dict]:
                 te >= lora - 0.02 and bwt >= -0.01 and nbytes <= 0.01 * lora_bytes,
                 f"ACC {pct(te)} vs {pct(lora)}, BWT {pct(bwt)}, bytes {nbytes:,} = "
                 f"{100 * nbytes / lora_bytes:.2f}% of lora's" + shared_note(m[name], lora_bytes))
-    for name in ("shared-a-lora", "shared-a-lora(A frozen random)", "shared-b-lora(B frozen)",
-                 "shared-b-lora(B trained)", "shared-b-lora(B frozen random FFN r16)"):
+    for name in SHARED_FACTOR:
         if lora is not None and name in m:
             acc, nbytes = mean(name), m[name]["per_task_bytes"]
             add(f"{name} ACC >= lora - 1 at <= half lora's bytes", acc >= lora - 0.01 and nbytes <= 0.5 * lora_bytes,
