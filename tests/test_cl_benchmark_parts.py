@@ -93,3 +93,19 @@ def test_unscored_test_refuses_a_task_with_nothing_left(bench, tmp_path):
     fake_task(tmp_path / "data", "toy", bench.SIZES["default"]["test"] + bench.REPLICATION_SCORED)
     with pytest.raises(SystemExit, match="no test example left"):
         scored(bench, tmp_path / "data", tmp_path / "c", "unscored-test", 10)
+
+
+def test_every_shared_factor_row_is_held_to_the_shared_target(bench):
+    """A shared-factor row (the warm-started shared-B included) is judged against lora - 1 at half its bytes."""
+    def entry(acc, nbytes):
+        return {"n_seeds": 3, "mean": {"acc": acc}, "se": {}, "per_task_bytes": nbytes}
+
+    names = {row.name for row in bench.ROWS}
+    assert set(bench.SHARED_FACTOR) <= names and "shared-b-lora(B frozen random FFN r16 warm start)" in names
+    for acc, met in ((0.641, True), (0.639, False)):
+        report = {"methods": {"lora": entry(0.65, 294_912),
+                              "shared-b-lora(B frozen random FFN r16 warm start)": entry(acc, 147_456)}}
+        (verdict,) = [c for c in bench.criteria(report) if c["criterion"].startswith("shared-b-lora(B frozen random FFN r16 warm")]
+        assert verdict["met"] is met
+    over = {"methods": {"lora": entry(0.65, 294_912), "shared-b-lora(B frozen random FFN r16 warm start)": entry(0.66, 147_457)}}
+    assert not [c for c in bench.criteria(over) if c["criterion"].startswith("shared-b")][0]["met"]
