@@ -244,8 +244,22 @@ def aggregate(entry: dict) -> dict:
     return entry
 
 
+def minus_lora(entry: dict, lora: dict) -> dict:
+    """A row's ACC minus per-task LoRA's on each seed both ran: same seed, same training and scored examples, so
+    the difference is paired; with its mean and SE over those seeds (None without a common seed)."""
+    ran = {k: r["acc"] for k, r in lora.get("seeds", {}).items() if "acc" in r}
+    diffs = {k: r["acc"] - ran[k] for k, r in entry.get("seeds", {}).items() if "acc" in r and k in ran}
+    mean, se = mean_se(list(diffs.values())) if diffs else (None, None)
+    return {"per_seed": diffs, "mean": mean, "se": se}
+
+
 def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
+
+
+def pct_se(x, se=None) -> str:
+    """A fraction as a percentage, with its SE when there is one."""
+    return "—" if x is None else f"{100 * x:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
 
 
 def pm(entry: dict, metric: str, scale: float = 100.0, digits: int = 1) -> str:
@@ -272,17 +286,19 @@ def markdown(report: dict) -> str:
         f"BWT/FWT/forgetting in points (docs/design.md definitions); per-task bytes: the task's own adapter "
         f"state in fp32, heads excluded; shared bytes: the share group's shared part, once for all its tasks.",
         "",
-        "| method | ACC | BWT | FWT | probe FWT | forgetting | per-task bytes | shared bytes | seconds | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| method | ACC | ACC − lora (paired) | BWT | FWT | probe FWT | forgetting | per-task bytes | shared bytes | "
+        "seconds | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, e in report["methods"].items():
         if "skipped" in e or not e.get("n_seeds"):
             errors = {r.get("error") for r in e.get("seeds", {}).values()} - {None}
             why = e.get("skipped") or ("failed: " + "; ".join(sorted(errors)) if errors else "not run (yet)")
-            lines.append(f"| {name} | — | — | — | — | — | — | — | — | {why} |")
+            lines.append(f"| {name} | — | — | — | — | — | — | — | — | — | {why} |")
             continue
         nbytes, shared = e.get("per_task_bytes"), e.get("shared_bytes")
-        lines.append(f"| {name} | {pm(e, 'acc')} | {pm(e, 'bwt')} | {pm(e, 'fwt')} | {pm(e, 'probe_fwt')} | "
+        paired = e.get("minus_lora", {})
+        lines.append(f"| {name} | {pm(e, 'acc')} | {pct_se(paired.get('mean'), paired.get('se'))} | {pm(e, 'bwt')} | {pm(e, 'fwt')} | {pm(e, 'probe_fwt')} | "
                      f"{pm(e, 'forgetting')} | {'—' if nbytes is None else f'{nbytes:,}'} | "
                      f"{'—' if not shared else f'{shared:,}'} | "
                      f"{pm(e, 'seconds', 1.0, 0)} | {e['note']} |")
@@ -362,6 +378,10 @@ def write_report(report: dict, out: Path) -> None:
     for entry in report["methods"].values():
         if "seeds" in entry:
             aggregate(entry)
+    lora = report["methods"].get("lora")
+    for name, entry in report["methods"].items():
+        if lora and name != "lora" and entry.get("n_seeds"):
+            entry["minus_lora"] = minus_lora(entry, lora)
     report["criteria"] = criteria(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cl_benchmark import aggregate, criteria, mean_se  # noqa: E402
+from cl_benchmark import aggregate, criteria, minus_lora, pct_se as fmt  # noqa: E402
 
 PARTS = ("report", "replication", "pooled")
 
@@ -51,24 +51,16 @@ def pool(report: dict, replication: dict) -> dict:
     for name in names:
         row = {}
         for part in PARTS:
-            entry, lora = parts[part][name], parts[part]["lora"]
-            diffs = {k: r["acc"] - lora["seeds"][k]["acc"] for k, r in entry["seeds"].items() if k in lora["seeds"]}
-            d_mean, d_se = mean_se(list(diffs.values()))
+            entry, paired = parts[part][name], minus_lora(parts[part][name], parts[part]["lora"])
             row[part] = {"n_seeds": entry["n_seeds"], "acc": entry["mean"]["acc"], "acc_se": entry["se"]["acc"],
                          "bwt": entry["mean"]["bwt"], "per_seed_acc": {k: r["acc"] for k, r in entry["seeds"].items()},
-                         "minus_lora": diffs, "minus_lora_mean": d_mean, "minus_lora_se": d_se}
+                         "minus_lora": paired["per_seed"], "minus_lora_mean": paired["mean"],
+                         "minus_lora_se": paired["se"]}
         rows[name] = row
     return {"order": report["order"], "tasks": report["settings"]["tasks"],
             "parts": {"report": part_settings(report), "replication": part_settings(replication)},
             "rows": rows,
             "criteria": {part: criteria({"methods": parts[part]}) for part in PARTS}}
-
-
-def fmt(x, se=None) -> str:
-    """A fraction as a percentage, with its SE when there is one."""
-    if x is None:
-        return "—"
-    return f"{100 * x:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
 
 
 def markdown(result: dict) -> str:

@@ -109,3 +109,21 @@ def test_every_shared_factor_row_is_held_to_the_shared_target(bench):
         assert verdict["met"] is met
     over = {"methods": {"lora": entry(0.65, 294_912), "shared-b-lora(B frozen random FFN r16 warm start)": entry(0.66, 147_457)}}
     assert not [c for c in bench.criteria(over) if c["criterion"].startswith("shared-b")][0]["met"]
+
+
+def test_the_difference_to_lora_is_paired_by_seed(bench, tmp_path):
+    """ACC − lora pairs each seed with lora's same seed (same examples), leaves out seeds lora lacks, and is shown."""
+    def run(acc):
+        return {"acc": acc, "bwt": 0.0, "fwt": 0.0, "forgetting": 0.0, "R": [[acc]], "seconds": 1.0}
+
+    row = {"method": "shared-b-lora", "note": "", "seeds": {"0": run(0.60), "1": run(0.70), "2": run(0.50)}}
+    lora = {"method": "lora", "note": "", "seeds": {"0": run(0.62), "1": run(0.69)}}
+    settings = {"tasks": ["toy"], "base_model": "tiny", "sizes": {"train": 1, "dev": 1, "test": 1}, "split": "dev", "quick": False,
+                "config": {"max_epochs": 1, "batch_size": 1, "learning_rate": 1e-3, "max_length": 8, "precision": "auto"},
+                "threads": 1, "cpu_count": 2}
+    report = {"order": 1, "settings": settings, "methods": {"lora": lora, "other": row}}
+    bench.write_report(report, tmp_path / "r.json")
+    paired = report["methods"]["other"]["minus_lora"]
+    assert paired["per_seed"] == pytest.approx({"0": -0.02, "1": 0.01})
+    assert paired["mean"] == pytest.approx(-0.005) and paired["se"] == pytest.approx(0.015)
+    assert "| other | 60.0 ± 5.8 | -0.5 ± 1.5 |" in (tmp_path / "r.md").read_text()
