@@ -618,7 +618,8 @@ NOTES = [
     "to about one class (18.0-22.7).  The FFN r16 row with warm starts (init_from: related; dev, seeds 0-2, "
     "docs/results/cl_order1_shared_b_warm_start_plan.md): 66.7 / 63.3 / 63.3, 64.4, paired +0.8 ± 0.2 over the "
     "row without them and +0.9 ± 0.8 over LoRA (yelp from amazon, agnews from dbpedia on every seed); tested as "
-    "that plan fixed.",
+    "that plan fixed (docs/results/cl_order1_shared_b_warm_start_unscored_test.md, 350 unscored test examples per "
+    "cell): six seeds 62.6 ± 0.8 against LoRA's 64.3 ± 0.5, paired -1.7 ± 0.9, so the target is still not met.",
     "Shared-factor LoRA.  Three seeds: shared-B's head random 62.1 ± 2.0, started by a linear probe 63.7 ± 0.7 "
     "(taken: with a random head amazon collapsed to one class on seed 1, 18.0 against 37.3; seeds 0 and 2 moved "
     "+0.2 and -2.2); shared-A's head random 62.9 ± 0.3 (kept), probe 61.0 ± 0.4.  Not taken, three seeds: "
