@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cl_benchmark import aggregate, criteria, minus_lora, pct_se as fmt  # noqa: E402
+from cl_benchmark import aggregate, criteria, minus_lora, pct  # noqa: E402
 
 PARTS = ("report", "replication", "pooled")
 
@@ -77,7 +77,7 @@ def markdown(result: dict) -> str:
         cells = []
         for part in PARTS:
             p = row[part]
-            cells += [fmt(p["acc"], p["acc_se"]), fmt(p["minus_lora_mean"], p["minus_lora_se"])]
+            cells += [pct(p["acc"], p["acc_se"]), pct(p["minus_lora_mean"], p["minus_lora_se"])]
         per_seed = ", ".join(f"{k}: {100 * v:+.1f}" for k, v in sorted(row["pooled"]["minus_lora"].items(),
                                                                            key=lambda kv: int(kv[0])))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {per_seed} |")

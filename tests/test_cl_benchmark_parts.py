@@ -105,9 +105,11 @@ def test_every_shared_factor_row_is_held_to_the_shared_target(bench):
     for acc, met in ((0.641, True), (0.639, False)):
         report = {"methods": {"lora": entry(0.65, 294_912),
                               "shared-b-lora(B frozen random FFN r16 warm start)": entry(acc, 147_456)}}
-        (verdict,) = [c for c in bench.criteria(report) if c["criterion"].startswith("shared-b-lora(B frozen random FFN r16 warm")]
+        (verdict,) = [c for c in bench.criteria(report)
+                      if c["criterion"].startswith("shared-b-lora(B frozen random FFN r16 warm")]
         assert verdict["met"] is met
-    over = {"methods": {"lora": entry(0.65, 294_912), "shared-b-lora(B frozen random FFN r16 warm start)": entry(0.66, 147_457)}}
+    over = {"methods": {"lora": entry(0.65, 294_912),
+                        "shared-b-lora(B frozen random FFN r16 warm start)": entry(0.66, 147_457)}}
     assert not [c for c in bench.criteria(over) if c["criterion"].startswith("shared-b")][0]["met"]
 
 
@@ -118,8 +120,10 @@ def test_the_difference_to_lora_is_paired_by_seed(bench, tmp_path):
 
     row = {"method": "shared-b-lora", "note": "", "seeds": {"0": run(0.60), "1": run(0.70), "2": run(0.50)}}
     lora = {"method": "lora", "note": "", "seeds": {"0": run(0.62), "1": run(0.69)}}
-    settings = {"tasks": ["toy"], "base_model": "tiny", "sizes": {"train": 1, "dev": 1, "test": 1}, "split": "dev", "quick": False,
-                "config": {"max_epochs": 1, "batch_size": 1, "learning_rate": 1e-3, "max_length": 8, "precision": "auto"},
+    settings = {"tasks": ["toy"], "base_model": "tiny", "sizes": {"train": 1, "dev": 1, "test": 1}, "split": "dev",
+                "quick": False,
+                "config": {"max_epochs": 1, "batch_size": 1, "learning_rate": 1e-3, "max_length": 8,
+                           "precision": "auto"},
                 "threads": 1, "cpu_count": 2}
     report = {"order": 1, "settings": settings, "methods": {"lora": lora, "other": row}}
     bench.write_report(report, tmp_path / "r.json")
