@@ -32,6 +32,9 @@ class TrainConfig:
     weight_decay: float = 0.01  # decoupled for adamw and lion; never on biases and normalisation weights
     optimizer: str = "adamw"  # adamw | adam (weight decay as an L2 penalty) | sgd (momentum 0.9, L2) | lion
     layer_lr_decay: float = 1.0  # LR x this per encoder layer below the top (1.0: off); the head keeps the full LR
+    # the classification heads' LR = learning_rate x this (1.0: the same), e.g. an adapter that needs a high rate
+    # (a factor trained against a frozen one) beside a head that is stable only at a lower one
+    head_lr_scale: float = 1.0
     warmup_steps: int = -1  # linear warm-up steps (-1: 6% of the total steps)
     lr_schedule: str = "linear"  # constant | linear | cosine decay after warm-up
     grad_clip_norm: float = 1.0  # clip the global grad norm to this (0: off)
@@ -90,6 +93,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", "a number >= 0"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
             (0 < self.layer_lr_decay <= 1, "layer_lr_decay", "a number in (0, 1] (1.0 turns it off)"),
+            (self.head_lr_scale > 0, "head_lr_scale", "a positive number, e.g. 0.5 (1.0: the heads train at the LR)"),
             (self.warmup_steps >= -1, "warmup_steps", "-1 (6% of steps) or an integer >= 0"),
             (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}"),
             (self.grad_clip_norm >= 0, "grad_clip_norm", "a number >= 0 (0 turns clipping off)"),

@@ -103,10 +103,13 @@ def fit_lm_slot(model: CausalAdapterModel, slot: str, config: TrainConfig, train
     """`continual.train.fit_slot` for a causal LM: train `slot` in place; (optimizer steps, best dev token accuracy)."""
     from continual.trainer import build_trainer, total_steps
 
-    if config.unfreeze_schedule:
-        from continual.train import TrainError
+    from continual.train import TrainError
 
+    if config.unfreeze_schedule:
         raise TrainError("progressive unfreezing is not supported on causal LMs yet; drop --set unfreeze_schedule")
+    if config.head_lr_scale != 1.0:
+        raise TrainError(f"head_lr_scale={config.head_lr_scale:g} scales classification heads; a causal LM has none "
+                         f"(its LM head is the base model's, frozen): drop --set head_lr_scale")
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.trainable_parameters(slot):

@@ -56,6 +56,14 @@ class SlotTraining(L.LightningModule):
         """id(param) -> LR factor for parameters the adapter kind wants trained faster or slower."""
         return {}
 
+    def lr_scales_with_heads(self) -> dict[int, float]:
+        """lr_scales(), with every classification head's parameters (the model's `heads`) at head_lr_scale on top."""
+        scales = self.lr_scales()
+        if self.config.head_lr_scale != 1.0:
+            for p in getattr(self.model, "heads", torch.nn.ModuleDict()).parameters():
+                scales[id(p)] = scales.get(id(p), 1.0) * self.config.head_lr_scale
+        return scales
+
     def configure_optimizers(self):
         trainable = {id(p) for p in self.trainable_parameters()}
         named = [(n, p) for n, p in self.model.named_parameters() if id(p) in trainable]
@@ -63,7 +71,7 @@ class SlotTraining(L.LightningModule):
                                 else ({}, 0))
         groups = param_groups(named, self.config.learning_rate, self.config.weight_decay, layer_of=layer_of,
                               num_layers=num_layers, layer_lr_decay=self.config.layer_lr_decay,
-                              lr_scale_of=self.lr_scales())
+                              lr_scale_of=self.lr_scales_with_heads())
         optimizer = build_optimizer(groups, self.config)
         scheduler = build_scheduler(optimizer, self.config, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

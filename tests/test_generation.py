@@ -56,6 +56,19 @@ def test_a_tiny_gpt2_learns_a_deterministic_task(gpt2_dir):
     assert after["token_accuracy"] >= 0.9 and after["perplexity"] < before["perplexity"]
 
 
+def test_a_causal_lm_refuses_a_head_lr_scale_it_has_no_head_for(gpt2_dir):
+    from continual.lm_training import fit_lm_slot
+    from continual.train import TrainError, build_model
+    from modeling.base_model import load_base_model
+    from modeling.kinds import get_kind
+
+    model = build_model(load_base_model(str(gpt2_dir)))
+    config = fast_config(head_lr_scale=0.5)
+    model.add_slot("next", "lora", get_kind("lora").make_config(config.flat()), ())
+    with pytest.raises(TrainError, match=r"head_lr_scale=0.5 scales classification heads; a causal LM has none"):
+        fit_lm_slot(model, "next", config, digit_examples("next", 16, 0), [])
+
+
 @pytest.fixture(scope="module")
 def trained(gpt2_dir, new_registry, tmp_path_factory):
     """A generation task registered and trained (LoRA) on the tiny GPT-2 in a fresh store."""

@@ -59,6 +59,25 @@ def test_layer_lr_decay_gives_each_layer_its_lr():
     assert optimizer.param_groups[0]["lr"] == lr  # group 0 is full-LR (progressive unfreezing reads it)
 
 
+def test_head_lr_scale_sets_only_the_heads_lr_and_the_schedule_keeps_the_ratio():
+    lr = 1e-2
+    module = lora_module(TrainConfig(learning_rate=lr, head_lr_scale=0.25, warmup_steps=0), layers=2)
+    built = module.configure_optimizers()
+    optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    head = {id(p) for p in module.model.heads["t"].parameters()}
+    adapter = [p for n, p in module.model.named_parameters() if "lora_" in n]
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert head and all(lr_of[i] == pytest.approx(lr * 0.25) for i in head)
+    assert adapter and all(lr_of[id(p)] == lr for p in adapter)
+    optimizer.step()
+    scheduler.step()  # linear decay: both groups move by the same factor
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(lr_of[i] == pytest.approx(lr_of[id(adapter[0])] * 0.25) for i in head)
+    assert lr_of[id(adapter[0])] < lr
+    with pytest.raises(ConfigError, match=r"head_lr_scale=0.0 is invalid: must be a positive number"):
+        TrainConfig.load(None, ["head_lr_scale=0"])
+
+
 def test_layer_lr_decay_covers_unfrozen_base_weights():
     from continual.optim import layer_index, param_groups
 
