@@ -113,6 +113,8 @@ ROWS = [
     Row("shared-b-lora(B frozen random FFN r16 lr 2e-2 warmup 10)", "shared-b-lora",
         {**SHARED_B_FFN, "learning_rate": 2e-2, "warmup_steps": 10}, "shared-b-lora",
         "shared-b-lora(B frozen random FFN r16) at lr 2e-2 with 10 linear warm-up steps"),
+    # The same warm-up for the reference (cl_order1_shared_b_warmup_plan.md): does it help LoRA as much?
+    Row("lora(warmup 10)", "lora", {"warmup_steps": 10}, note="per-task LoRA with 10 linear warm-up steps"),
     Row("shared-b-lora(B frozen)", "shared-b-lora", {"train_shared": False}, "shared-b-lora",
         "B trained with task 1 only, then frozen; head started by a linear probe (the kind's default)"),
     Row("shared-b-lora(B trained)", "shared-b-lora", {"train_shared": True}, "shared-b-lora",
@@ -626,7 +628,11 @@ NOTES = [
     "docs/results/cl_order1_shared_b_warm_start_plan.md): 66.7 / 63.3 / 63.3, 64.4, paired +0.8 ± 0.2 over the "
     "row without them and +0.9 ± 0.8 over LoRA (yelp from amazon, agnews from dbpedia on every seed); tested as "
     "that plan fixed (docs/results/cl_order1_shared_b_warm_start_unscored_test.md, 350 unscored test examples per "
-    "cell): six seeds 62.6 ± 0.8 against LoRA's 64.3 ± 0.5, paired -1.7 ± 0.9, so the target is still not met.",
+    "cell): six seeds 62.6 ± 0.8 against LoRA's 64.3 ± 0.5, paired -1.7 ± 0.9, so the target is still not met.  "
+    "Not taken (dev, seeds 0-2, docs/results/cl_order1_shared_b_head_lr_plan.md): the FFN r16 row with its head "
+    "at LoRA's rate, 5e-3 (head_lr_scale 0.5), 64.7 / 61.5 / 62.3, 62.8; A_i at 2e-2 with the head at 5e-3 51.5 / "
+    "51.8 / 32.7, 45.3 (amazon and yelp still collapse to one class, dbpedia too on seed 2: the collapses are "
+    "A_i's, not the head's).",
     "Shared-factor LoRA.  Three seeds: shared-B's head random 62.1 ± 2.0, started by a linear probe 63.7 ± 0.7 "
     "(taken: with a random head amazon collapsed to one class on seed 1, 18.0 against 37.3; seeds 0 and 2 moved "
     "+0.2 and -2.2); shared-A's head random 62.9 ± 0.3 (kept), probe 61.0 ± 0.4.  Not taken, three seeds: "
