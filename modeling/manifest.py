@@ -171,24 +171,33 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def load_adapter_into(model: AdapterModel, slot: str, adapter_dir: str | Path,
                       shared_state: dict[str, torch.Tensor] | None = None,
                       config: AdapterManifest | None = None) -> AdapterManifest:
-    """Add `slot` to `model` with the weights in `adapter_dir` (and a shared part, if given)."""
-    load_file = load_safetensors
+    """Add `slot` to `model` with the weights in `adapter_dir` (and a shared part, if given).  All or
+    nothing: if any file fails to load, the slot is removed again, so a host never keeps a half-loaded slot
+    (a retry would otherwise find the slot present and serve its random initial weights)."""
     adapter_dir = Path(adapter_dir)
     config = config or read_manifest(adapter_dir)
-    kind_config = config.kind_config_obj()
-    model.add_slot(slot, config.kind, kind_config, tuple(config.labels))
+    model.add_slot(slot, config.kind, config.kind_config_obj(), tuple(config.labels))
+    try:
+        _load_slot_files(model, slot, adapter_dir, shared_state, config)
+    except BaseException:
+        model.remove_slot(slot)
+        raise
+    return config
+
+
+def _load_slot_files(model: AdapterModel, slot: str, adapter_dir: Path,
+                     shared_state: dict[str, torch.Tensor] | None, config: AdapterManifest) -> None:
     kind = get_kind(config.kind)
-    tensors = load_file(adapter_dir / WEIGHTS_FILE)
+    tensors = load_safetensors(adapter_dir / WEIGHTS_FILE)
     if shared_state is None and (adapter_dir / SHARED_FILE).exists():
-        shared_state = load_file(adapter_dir / SHARED_FILE)
+        shared_state = load_safetensors(adapter_dir / SHARED_FILE)
     if shared_state:
         kind.load_shared_state(model, slot, shared_state)
     kind.load_slot_state(model, slot, {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
     if (adapter_dir / BASE_LAYERS_FILE).exists():
         from modeling.base_layers import load_unfrozen_base_state
 
-        state = load_file(adapter_dir / BASE_LAYERS_FILE)
+        state = load_safetensors(adapter_dir / BASE_LAYERS_FILE)
         load_unfrozen_base_state(model, state)
         model.slots[slot].base_state = state
     model.heads[slot].load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
-    return config

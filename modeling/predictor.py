@@ -94,7 +94,11 @@ def ensure_loaded(entries: Sequence[tuple[AdapterModel, str, Callable[[], None]]
         for host, slot, loader in entries:
             with host.lock:
                 if slot not in host.slots:
-                    loader()
+                    try:
+                        loader()  # all or nothing (load_adapter_into)
+                    except BaseException:
+                        _drop_if_empty_private(host)
+                        raise
                     host.eval()
             key = (id(host), slot)
             _lru[key] = (host, loader)
@@ -111,10 +115,15 @@ def _evict(pinned: set[tuple[int, str]]) -> None:
         with host.lock:
             if victim[1] in host.slots:
                 host.remove_slot(victim[1])  # the kind's drop() deletes its modules
-        # A private host (an adapter that trained base layers) is its own copy of the base: drop it all.
-        for key, private in list(_private_hosts.items()):
-            if private is host and not private.slots:
-                del _private_hosts[key]
+        _drop_if_empty_private(host)
+
+
+def _drop_if_empty_private(host: AdapterModel) -> None:
+    """A private host (an adapter that trained base layers) is its own copy of the base: once it holds no
+    slot, drop it all."""
+    for key, private in list(_private_hosts.items()):
+        if private is host and not private.slots:
+            del _private_hosts[key]
 
 
 class Predictor:

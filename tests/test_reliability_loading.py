@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from continual.cli import app
@@ -108,6 +109,32 @@ def test_weights_are_never_unpickled(trained, tmp_path):
     with pytest.raises(ArtifactError, match="not a readable safetensors file"):
         reg.load(version.ref)
     assert not marker.exists()
+
+
+def test_a_failed_load_leaves_no_slot_behind_and_a_retry_serves_the_real_weights(trained):
+    """A load that fails after its slot was added (here a forged, unreadable weights file whose sha256 was
+    recorded) must not leave that slot in the shared host: a retry would find it and serve random weights."""
+    from modeling import predictor as P
+    from modeling.manifest import load_safetensors
+
+    reg, version, folder = trained
+    path, sha_tag = folder / WEIGHTS_FILE, f"{T.SHA_PREFIX}{WEIGHTS_FILE}"
+    good = path.read_bytes()
+    path.write_bytes(b"not a safetensors file")
+    reg.store.set_version_tag("demo-topic", version.version, sha_tag, sha256_file(path))
+    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+        reg.load(version.ref)
+    prefix = f"demo-topic__v{version.version}__"
+    hosts = list(P._hosts.values()) + list(P._private_hosts.values())
+    assert not [s for host in hosts for s in host.slots if s.startswith(prefix)]
+    assert not [s for s in P.loaded_slots() if s.startswith(prefix)]
+
+    path.write_bytes(good)  # the file is restored (say, the disk came back): the same ref loads for real
+    reg.store.set_version_tag("demo-topic", version.version, sha_tag, sha256_file(path))
+    predictor = reg.load(version.ref)
+    saved = {k[len("head."):]: v for k, v in load_safetensors(path).items() if k.startswith("head.")}
+    for name, tensor in predictor.host.heads[predictor.slot].state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
 
 
 def test_base_model_code_is_not_run_unless_trusted(tmp_path, monkeypatch):
