@@ -13,6 +13,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
 warnings.filterwarnings("ignore")
 
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per CPU this process may use, at most four.  Every worker imports torch,
+    transformers and mlflow and builds the session fixtures (about 1.5 GB and 15 s each), and the suite's
+    longest files take a minute or two, so more workers than that buy little."""
+    return max(1, min(4, _cpus()))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Split the CPUs between the workers: two workers each running torch on every core would oversubscribe
+    # them, and on a shared CPU an oversubscribed op can stall (see `one_thread`).
+    import torch
+
+    torch.set_num_threads(max(1, _cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: a second intra-op thread costs more than it saves, and on a shared CPU it can stall
