@@ -69,7 +69,16 @@ class LMFormat:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "LMFormat":
+    def from_json(cls, data: dict[str, Any], what: str = "adapter") -> "LMFormat":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown or "objective" not in data or "chat" not in data:
+            raise GenerationError(
+                f"{what}: its manifest's text format {data!r} is not one this version reads "
+                f"(unknown fields {unknown}); load it with the continual-adapters version that trained it")
+        if data["objective"] not in ("generation", "classification"):
+            raise GenerationError(f"{what}: unknown objective {data['objective']!r} in its manifest's text format; "
+                                  "expected 'generation' or 'classification'")
         return cls(**data)
 
     def prompt_text(self, tokenizer, text: str, text_pair: str | None = None,

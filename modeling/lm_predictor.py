@@ -33,10 +33,9 @@ def lm_host_for(base: BaseModel) -> CausalAdapterModel:
         return host
 
 
-def set_slot_format(host: CausalAdapterModel, slot: str, config: AdapterManifest) -> None:
-    """Lay text out exactly as training did (the manifest records the format)."""
-    if "lm" in config.extra:
-        host.formats[slot] = LMFormat.from_json(config.extra["lm"])
+def recorded_format(config: AdapterManifest, what: str) -> LMFormat | None:
+    """The text layout training used, as the manifest records it (None: the labels' default)."""
+    return LMFormat.from_json(config.extra["lm"], what) if "lm" in config.extra else None
 
 
 class LMPredictor:

@@ -518,7 +518,7 @@ class AdapterRegistry:
 
     def _load_lm(self, version: AdapterVersion, adapter_dir: Path, config: AdapterManifest, base, shared_state,
                  slot_suffix: str, precision: str):
-        from modeling.lm_predictor import LMPredictor, lm_host_for, set_slot_format
+        from modeling.lm_predictor import LMPredictor, lm_host_for, recorded_format
 
         source_id = hashlib.sha256(version.source.encode()).hexdigest()[:10]
         slot = f"{version.task}__v{version.version}__{source_id}{slot_suffix}"
@@ -527,8 +527,10 @@ class AdapterRegistry:
             if slot not in host.slots:
                 if shared_state is not None:
                     config.kind_config["share_group"] = f"{config.kind_config.get('share_group', 'default')}{slot_suffix}"
+                fmt = recorded_format(config, f"adapter {version.ref}")  # read before loading: all or nothing
                 load_adapter_into(host, slot, adapter_dir, shared_state=shared_state, config=config)
-                set_slot_format(host, slot, config)
+                if fmt is not None:  # lay text out exactly as training did
+                    host.formats[slot] = fmt
                 host.eval()
         return LMPredictor(host, slot, base, config, version.task, version.version, precision=precision)
 

@@ -155,3 +155,37 @@ def test_two_generation_tasks_in_a_sequence_give_a_forgetting_matrix_and_route_b
     assert set(result.metrics) == {"acc", "bwt", "fwt", "forgetting"}
     parent = registry.run_info(result.parent_run_id)
     assert "acc/next-digit" in parent.data.metrics and "cl/forgetting" in parent.data.metrics
+
+
+def test_an_unreadable_text_format_is_named_and_leaves_no_slot_behind(trained):
+    """A manifest whose text format this version cannot read (say, written by a newer release) fails with
+    one line naming the field, before anything is loaded: a retry must not find a slot that would lay text
+    out with the labels' default format instead of the recorded one."""
+    import json
+
+    from modeling import lm_predictor
+    from modeling.generation import GenerationError
+    from modeling.manifest import CONFIG_FILE, sha256_file
+    from registry import tags as T
+
+    registry, result = trained
+    version = result.version
+    path = registry.local_adapter_dir(version) / CONFIG_FILE
+    good = path.read_text()
+    manifest = json.loads(good)
+    manifest["extra"]["lm"]["system_prompt"] = "from a newer release"
+    sha_tag = f"{T.SHA_PREFIX}{CONFIG_FILE}"
+    prefix = f"next-digit__v{version.version}__"
+    try:
+        path.write_text(json.dumps(manifest))
+        registry.store.set_version_tag("next-digit", version.version, sha_tag, sha256_file(path))
+        for host in lm_predictor._hosts.values():  # an earlier test in this file may have loaded it
+            for slot in [s for s in host.slots if s.startswith(prefix)]:
+                host.remove_slot(slot)
+        with pytest.raises(GenerationError, match=r"unknown fields \['system_prompt'\]"):
+            registry.load(version.ref)
+        assert not [s for host in lm_predictor._hosts.values() for s in host.slots if s.startswith(prefix)]
+    finally:
+        path.write_text(good)
+        registry.store.set_version_tag("next-digit", version.version, sha_tag, sha256_file(path))
+    assert registry.load(version.ref).predict(["next 3 :"], max_new_tokens=5)
