@@ -4,7 +4,9 @@ At registration a fixed sample of the task's training inputs is encoded by the f
 encoder (see retrieval.profiles for the measured choice of layer and rule) and stored as an
 artifact of a registration run; the registered model's tags point to it.  The router (FAISS
 indexes + a sidecar of names) is a cache: a folder in a local store, or under ~/.cache for a
-server, rebuilt from the stored vectors, with a warning, when missing, stale or corrupt.
+server, rebuilt from the stored vectors: silently when it only lacks tasks registered since it was built
+(every registration leaves it so), with a warning when it is missing, corrupt, or holds removed tasks or
+replaced vectors.
 
 Staleness is judged by content: the cache records, per task, the profile run its vectors came from
 (an immutable artifact), so a task deleted and registered again with other data (a new profile run)
@@ -116,11 +118,19 @@ class ProfileIndex:
             if again is not None and again.saved_extra.get(SOURCES_KEY) == expected:
                 self._router = again
                 return again
-            if cached is not None:
+            if cached is not None and not self.behind(cached, expected):
                 warnings.warn(f"task index in {self.cache_dir} is stale: {self.staleness(cached, expected)}; "
                               f"rebuilding it from the registry", ContinualWarning, stacklevel=2)
             self._router = self.rebuild(expected)
         return self._router
+
+    @staticmethod
+    def behind(cached: TaskRouter, expected: dict[str, str]) -> bool:
+        """The cache lacks only tasks registered since it was built, and holds the others' current vectors:
+        how every registration (here or from another machine) leaves it, so it is refreshed without a
+        warning.  Removed tasks or replaced vectors mean the store was changed outside the product."""
+        held = cached.saved_extra.get(SOURCES_KEY)
+        return isinstance(held, dict) and all(expected.get(task) == source for task, source in held.items())
 
     @staticmethod
     def staleness(cached: TaskRouter, expected: dict[str, str]) -> str:
@@ -136,7 +146,8 @@ class ProfileIndex:
         return "; ".join(parts) or "it disagrees with the registry"
 
     def check(self) -> str | None:
-        """None when the cache on disk matches the registry's stored profiles, else what is wrong."""
+        """None when the cache on disk matches the registry's stored profiles or only lacks tasks registered
+        since (the next query adds them), else what is wrong."""
         expected = self._indexed_tasks()
         if not (self.cache_dir / "router.json").exists():
             # No cache folder at all: never built yet (the first query builds it), not a fault.
@@ -148,7 +159,7 @@ class ProfileIndex:
                 return f"corrupt ({caught[0].message})"
         if cached is None:
             return "unreadable"
-        if cached.saved_extra.get(SOURCES_KEY) != expected:
+        if cached.saved_extra.get(SOURCES_KEY) != expected and not self.behind(cached, expected):
             return f"stale: {self.staleness(cached, expected)}"
         return None
 
