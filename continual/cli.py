@@ -123,15 +123,20 @@ def tasks_register(
     what = (f"{len(spec.labels)} labels ({', '.join(spec.labels[:8])}{', …' if len(spec.labels) > 8 else ''})"
             if spec.kind == "classification" else f"generation ({', '.join(spec.text_fields)} -> {spec.label_field})")
     console.print(f"registered task [bold]{spec.name}[/bold]: {what}, data fingerprint {spec.fingerprint[:12]}")
-    _print_related(reg.related(spec.name, k=3), f"related registered tasks")
+    _print_related(reg, spec.name, 3, "related registered tasks")
 
 
-def _print_related(related, title: str) -> None:
+def _print_related(reg, name: str, k: int, title: str) -> None:
+    related = reg.related(name, k=max(k, 2))  # two asked for: tells "one other task" from "k=1"
     if not related:
         console.print("no other registered task to compare with yet")
         return
+    if len(related) == 1:  # profiles are centred on the tasks' mean: with two tasks they always score -1
+        console.print(f"one other registered task ({related[0].task}); similarities mean something once a "
+                      f"third task is registered")
+        return
     table = Table("task", "similarity", title=title)
-    for r in related:
+    for r in related[:k]:
         table.add_row(r.task, f"{r.score:.3f}")
     console.print(table)
 
@@ -145,7 +150,7 @@ def tasks_related(
 ):
     """The registered tasks most similar to NAME (task profiles in a FAISS index)."""
     _quiet()
-    _print_related(_registry(store).related(name, k=k), f"tasks related to {name}")
+    _print_related(_registry(store), name, k, f"tasks related to {name}")
 
 
 @tasks_app.command("list")
