@@ -187,13 +187,18 @@ class AdapterRegistry:
     def route(self, texts: Sequence[str] | str, k: int = 1) -> list[list[Route]]:
         """Per text, the `k` registered tasks whose inputs it resembles most (`Route(task, score)`), best first."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        if not self.index.router().tasks:
-            raise RegistryError("no task with an embedding is registered yet; register one with `continual tasks register`")
+        self._need_routable_tasks()
         return self.index.route(texts, k)
 
     def diagnose_routes(self, texts: Sequence[str]) -> list[RouteDiagnosis]:
         """Per text, the chosen task, the runner-up and the margin between their scores."""
+        self._need_routable_tasks()
         return self.index.diagnose(list(texts))
+
+    def _need_routable_tasks(self) -> None:
+        if not self.index.router().tasks:
+            raise RegistryError(f"no task with an embedding is registered in {self.local_root or self.tracking_uri} "
+                                f"yet; register one with `continual tasks register` (or pass the right --store)")
 
     def task(self, name: str) -> TaskSpec:
         model = self.store.get_model(name)

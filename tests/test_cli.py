@@ -81,3 +81,13 @@ def test_user_mistakes(data, store_path, args, message):
     assert out.startswith("error:")
     assert "Traceback" not in result.output
     assert snapshot(store_path) == before  # nothing half-written
+
+
+@pytest.mark.parametrize("args", [["route", "set an alarm"], ["predict", "auto", "set an alarm"]])
+def test_routing_in_a_store_without_tasks_is_one_line_naming_the_store(store_path, args):
+    """An empty store (often a mistyped --store) used to end `continual route` in a ValueError traceback."""
+    result = invoke(args, store_path)
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert out.startswith("error: no task with an embedding is registered in") and str(store_path) in out
+    assert "Traceback" not in result.output
