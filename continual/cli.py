@@ -90,10 +90,11 @@ def _quiet(training: bool = False) -> None:
     quiet_libraries(training, show=_show_warning)
 
 
-def _registry(store: str | None):
+def _registry(store: str | None, create: bool = False):
+    """The registry on `store`; only commands that register tasks (`create`) may start a new store."""
     from registry import AdapterRegistry
 
-    return AdapterRegistry(store)
+    return AdapterRegistry(store, create=create)
 
 
 # -- tasks --------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def tasks_register(
                       text_fields=tuple(text_field) if text_field else None, label_field=label_field,
                       labels=[l.strip() for l in labels.split(",")] if labels else None, description=description)
     _quiet()
-    reg = _registry(store)
+    reg = _registry(store, create=True)
     reg.register_task(spec)
     what = (f"{len(spec.labels)} labels ({', '.join(spec.labels[:8])}{', …' if len(spec.labels) > 8 else ''})"
             if spec.kind == "classification" else f"generation ({', '.join(spec.text_fields)} -> {spec.label_field})")
@@ -402,7 +403,7 @@ def demo(store: Store = None):
     from continual.demo import DEMO_CONFIG, run_demo
     from continual.trainer import precision_note
 
-    reg = _registry(store)
+    reg = _registry(store, create=True)
     console.print(f"[bold]continual demo[/bold] — store: {reg.tracking_uri}")
     console.print(precision_note(DEMO_CONFIG), highlight=False)
     result = run_demo(reg, show_progress=sys.stdout.isatty(),
@@ -434,7 +435,6 @@ def ui(
     reg = _registry(store)
     if reg.tracking_uri.startswith("http"):
         raise ContinualError(f"the store is the MLflow server {reg.tracking_uri}; open it in a browser instead")
-    reg.tasks()  # creates the database if it does not exist yet
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", reg.tracking_uri,
            "--default-artifact-root", (reg.local_root / "artifacts").as_uri(), "--host", host, "--port", str(port)]
     console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
@@ -449,7 +449,7 @@ def run(
 ):
     """Train a task sequence, re-evaluating every earlier task after each one (forgetting, in MLflow)."""
     _quiet(training=True)
-    from continual.sequence import run_sequence_file
+    from continual.sequence import SequenceSpec, run_sequence
 
     def pct(x):
         return "—" if x is None else f"{100 * x:.1f}"
@@ -458,7 +458,8 @@ def run(
         console.print(f"[bold]{i + 1}/{len(matrix.tasks)} {task}[/bold]: "
                       + "  ".join(f"{t} {pct(v)}" for t, v in zip(matrix.tasks, matrix.R[i]) if v is not None))
 
-    result = run_sequence_file(_registry(store), sequence, show_progress=sys.stdout.isatty(), on_row=on_row)
+    spec = SequenceSpec.load(sequence)  # a bad file is named before the store is looked at
+    result = run_sequence(_registry(store), spec, show_progress=sys.stdout.isatty(), on_row=on_row)
     table = Table("after \\ on", *result.matrix.tasks, title=f"accuracy matrix R (%): {result.spec.name}, "
                                                              f"{result.spec.method}")
     for task, row in zip(result.matrix.tasks, result.R):

@@ -462,12 +462,6 @@ class SequenceRunner:
             self.on_row(i, self.spec.tasks[i], self.matrix)
 
 
-def run_sequence_file(registry: "AdapterRegistry", path: str | Path, show_progress: bool = False,
-                      on_row: Callable[[int, str, AccuracyMatrix], None] | None = None) -> SequenceResult:
-    """`continual run SEQUENCE.yaml`: load, validate, run."""
-    return run_sequence(registry, SequenceSpec.load(path), show_progress=show_progress, on_row=on_row)
-
-
 def _accuracy(model, tokenizer, examples, task: str, available: set[str], router: Router | None,
               eval_kwargs: dict) -> float:
     from continual.evaluate import accuracy, predict_ids

@@ -114,6 +114,19 @@ def resolve_store(store: str | os.PathLike | None = None) -> tuple[str, str | No
     return f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
 
 
+def require_existing_store(store: str | os.PathLike | None = None) -> None:
+    """Refuse a local store that does not exist yet, so that a command that only reads (list, show, predict,
+    route, ...) never creates an empty store at a mistyped path and answers from it.  A server is not checked."""
+    uri, _ = resolve_store(store)
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        where = db.parent if db.name == "mlflow.db" else db
+        raise StoreError(f"no store at {where} (nothing is registered there); check --store or ${STORE_ENV}, "
+                         f"or register a task first with `continual tasks register NAME --train FILE`")
+
+
 class MlflowStore:
     def __init__(self, store: str | os.PathLike | None = None):
         self.tracking_uri, self.artifact_root = resolve_store(store)

@@ -91,3 +91,21 @@ def test_routing_in_a_store_without_tasks_is_one_line_naming_the_store(store_pat
     out = " ".join(result.output.split())
     assert out.startswith("error: no task with an embedding is registered in") and str(store_path) in out
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["tasks", "list"], ["tasks", "show", "t"], ["adapters", "list"], ["route", "hi"],
+                                  ["predict", "t", "hi"], ["adapters", "verify"], ["train", "t"], ["ui"]])
+def test_a_command_that_reads_a_store_never_creates_one_at_a_mistyped_path(tmp_path, args):
+    """It used to create an empty store there and answer from it (empty tables), hiding the typo."""
+    typo = tmp_path / "my-stor"
+    result = invoke(args, typo)
+    assert result.exit_code == 1, result.output
+    assert " ".join(result.output.split()).startswith(f"error: no store at {typo} (nothing is registered there)")
+    assert not typo.exists()
+    assert invoke(args, f"sqlite:///{tmp_path / 'typo.db'}").exit_code == 1 and not (tmp_path / "typo.db").exists()
+
+
+def test_registering_a_task_starts_a_new_store(data, tmp_path):
+    fresh = tmp_path / "new-store"
+    assert invoke(["tasks", "register", "t", "--train", str(data["train"])], fresh).exit_code == 0
+    assert [t.name for t in AdapterRegistry(fresh).tasks()] == ["t"]
