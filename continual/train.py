@@ -52,6 +52,15 @@ class TaskData:
     dev_source: str = "dev"  # "dev" (the task's dev split), "train-holdout" (held out of train) or "none"
 
 
+def dev_note(data: TaskData) -> str:
+    """What a task without a dev split trains with instead, in one line."""
+    if data.dev_source == "train-holdout":
+        return (f"no dev split: {len(data.dev)} of the {len(data.train) + len(data.dev)} training examples are held "
+                f"out as dev (early stopping, best weights); register the task with --dev to choose them")
+    return (f"no dev split and under {DEV_HOLDOUT_MIN_TRAIN} training examples: training without dev "
+            f"(no early stopping; the last weights are kept)")
+
+
 def hold_out_dev(train: list[Example]) -> tuple[list[Example], list[Example]]:
     """(train without the held-out slice, the slice): DEV_HOLDOUT_FRACTION of train, seeded, order kept."""
     import random
@@ -249,6 +258,8 @@ def train_task(registry: AdapterRegistry, task: str, config: TrainConfig | None 
         from continual.trainer import precision_note
 
         announce(precision_note(config))
+        if data.dev_source != "dev":
+            announce(dev_note(data))
 
     per_task = kind.per_task_parameter_count(kind_config, base.encoder.config)
 

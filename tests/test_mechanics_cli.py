@@ -72,3 +72,21 @@ def test_cli_filters_keep_project_warnings_and_drop_library_noise():
         warnings.warn_explicit("tip", UserWarning, "x.py", 1, module="lightning.pytorch.trainer")
         warnings.warn("old api", DeprecationWarning)
     assert [str(a[0]) for a in caught] == ["ours"]
+
+
+@pytest.mark.parametrize("rows, expected", [
+    (30, "no dev split: 3 of the 30 training examples are held out as dev (early stopping, best weights)"),
+    (12, "no dev split and under 20 training examples: training without dev (no early stopping"),
+])
+def test_training_a_task_without_dev_says_what_it_uses_instead(new_store, tiny_base_dir, tmp_path, rows, expected):
+    """The result line reports a dev accuracy: the user must be told it comes from examples held out of train."""
+    import json
+
+    store = new_store("no-dev")
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"text number {i}", "label": "ab"[i % 2]}) + "\n" for i in range(rows)))
+    assert runner.invoke(app, ["tasks", "register", "t", "--train", str(path), "--store", str(store)]).exit_code == 0
+    result = runner.invoke(app, ["train", "t", "--base-model", str(tiny_base_dir), "--store", str(store), *SMALL,
+                                 "--set", "max_steps=1"])
+    assert result.exit_code == 0, result.output
+    assert expected in " ".join(result.output.split())
