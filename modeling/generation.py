@@ -70,12 +70,13 @@ class LMFormat:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], what: str = "adapter") -> "LMFormat":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown or "objective" not in data or "chat" not in data:
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(data) - {f.name for f in fields})
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in data]
+        if unknown or missing:
             raise GenerationError(
-                f"{what}: its manifest's text format {data!r} is not one this version reads "
-                f"(unknown fields {unknown}); load it with the continual-adapters version that trained it")
+                f"{what}: its manifest's text format {data!r} is not one this version reads (unknown fields "
+                f"{unknown}, missing fields {missing}); load it with the continual-adapters version that trained it")
         if data["objective"] not in ("generation", "classification"):
             raise GenerationError(f"{what}: unknown objective {data['objective']!r} in its manifest's text format; "
                                   "expected 'generation' or 'classification'")

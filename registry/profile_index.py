@@ -159,7 +159,7 @@ class ProfileIndex:
                 return f"corrupt ({caught[0].message})"
         if cached is None:
             return "unreadable"
-        if cached.saved_extra.get(SOURCES_KEY) != expected and not self.behind(cached, expected):
+        if not self.behind(cached, expected):  # equal to the registry, or only missing newer tasks
             return f"stale: {self.staleness(cached, expected)}"
         return None
 

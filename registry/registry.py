@@ -23,7 +23,7 @@ from registry.faults import crash_point
 from registry.profile_index import ProfileIndex
 from registry.shared_parts import SharedPart, current_version, load_shared_part, shared_part_name
 from registry.serving import MLMODEL_FILE, write_pyfunc_flavor
-from registry.store import AlreadyExists, MlflowStore, Run, require_existing_store
+from registry.store import AlreadyExists, MlflowStore, Run
 from retrieval.routing import Related, Route, RouteDiagnosis
 from tasks.errors import ContinualError
 from tasks.spec import TaskSpec, validate_task_name
@@ -113,9 +113,9 @@ class AdapterRegistry:
     def __init__(self, store: str | os.PathLike | None = None, create: bool = True):
         """`create=False` refuses a local store that does not exist yet (a mistyped path) instead of starting an
         empty one there: for code that only reads, like the CLI's list, show, predict and route."""
-        if not create:
-            require_existing_store(store)
         self.store = MlflowStore(store)
+        if not create:
+            self.store.require_existing()
         self._index: ProfileIndex | None = None
 
     @property

@@ -114,24 +114,23 @@ def resolve_store(store: str | os.PathLike | None = None) -> tuple[str, str | No
     return f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
 
 
-def require_existing_store(store: str | os.PathLike | None = None) -> None:
-    """Refuse a local store that does not exist yet, so that a command that only reads (list, show, predict,
-    route, ...) never creates an empty store at a mistyped path and answers from it.  A server is not checked."""
-    uri, _ = resolve_store(store)
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri.removeprefix("sqlite:///"))
-    if not db.is_file():
-        where = db.parent if db.name == "mlflow.db" else db
-        raise StoreError(f"no store at {where} (nothing is registered there); check --store or ${STORE_ENV}, "
-                         f"or register a task first with `continual tasks register NAME --train FILE`")
-
-
 class MlflowStore:
     def __init__(self, store: str | os.PathLike | None = None):
         self.tracking_uri, self.artifact_root = resolve_store(store)
         self._client = None
         self._experiment_id: str | None = None
+
+    def require_existing(self) -> None:
+        """Refuse a local store that does not exist yet, so that code that only reads (list, show, predict,
+        route, ...) never creates an empty store at a mistyped path and answers from it.  Nothing is created
+        before the first use of `client`; a server is not checked."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return
+        db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            where = db.parent if db.name == "mlflow.db" else db
+            raise StoreError(f"no store at {where} (nothing is registered there); check --store or ${STORE_ENV}, "
+                             f"or register a task first with `continual tasks register NAME --train FILE`")
 
     # -- connection -------------------------------------------------------------------------
     @property
